@@ -1,0 +1,70 @@
+use thiserror::Error;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors of table loading (the dataset is unusable), configuration (the endpoint is
+/// misconfigured) and queries (the caller sent a key that cannot be used).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The Parquet data could not be read.
+    #[error("cannot read dataset `{dataset}` as Parquet: {source}")]
+    Parquet {
+        dataset: String,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    /// An Arrow operation on the dataset failed (concatenation, type conversion).
+    #[error("cannot load dataset `{dataset}`: {source}")]
+    Arrow {
+        dataset: String,
+        #[source]
+        source: arrow_schema::ArrowError,
+    },
+    /// The dataset has more rows than a table can index.
+    #[error("dataset `{dataset}` has {rows} rows; a lookup table holds at most {max}")]
+    TooManyRows {
+        dataset: String,
+        rows: usize,
+        max: usize,
+    },
+    /// The lookup configuration names a column the table does not have.
+    #[error("dataset `{dataset}` has no column `{column}` (columns: {available})")]
+    UnknownColumn {
+        dataset: String,
+        column: String,
+        available: String,
+    },
+    /// A column's type cannot be used for lookups.
+    #[error(
+        "column `{column}` of dataset `{dataset}` has type {data_type}, which lookups do not support"
+    )]
+    UnsupportedType {
+        dataset: String,
+        column: String,
+        data_type: String,
+    },
+    /// The configuration itself is inconsistent.
+    #[error("invalid lookup configuration: {0}")]
+    Config(String),
+    /// The query lacks a key and the endpoint is configured to fail on that.
+    #[error("missing lookup key `{input}`")]
+    MissingKey { input: String },
+    /// A key value cannot be converted to the key column's type.
+    #[error("lookup key `{input}` expects {expected}, got {got}")]
+    InvalidKey {
+        input: String,
+        expected: &'static str,
+        got: String,
+    },
+    /// No row matches and the endpoint is configured to fail on that.
+    #[error("no row of dataset `{dataset}` matches {keys}")]
+    NoMatch { dataset: String, keys: String },
+    /// Several rows match and the endpoint is configured to fail on that.
+    #[error("{count} rows of dataset `{dataset}` match {keys}; at most one was expected")]
+    MultipleMatches {
+        dataset: String,
+        keys: String,
+        count: usize,
+    },
+}

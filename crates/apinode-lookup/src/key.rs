@@ -1,0 +1,315 @@
+//! Key columns and key values: conversion of JSON inputs to a column's type, hashing that
+//! gives a table row and a query value of the same key the same hash, and equality.
+
+use crate::error::{Error, Result};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Date32Type, Float64Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Date32Array, Float64Array, Int64Array, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow_schema::{DataType, TimeUnit};
+use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use serde_json::Value;
+use std::borrow::Cow;
+use std::hash::Hasher;
+
+/// The column types a key may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    String,
+    Int64,
+    Float64,
+    Boolean,
+    Date,
+    Timestamp,
+}
+
+impl KeyType {
+    pub fn of(data_type: &DataType) -> Option<KeyType> {
+        Some(match data_type {
+            DataType::Utf8 => KeyType::String,
+            DataType::Int64 => KeyType::Int64,
+            DataType::Float64 => KeyType::Float64,
+            DataType::Boolean => KeyType::Boolean,
+            DataType::Date32 => KeyType::Date,
+            DataType::Timestamp(TimeUnit::Microsecond, _) => KeyType::Timestamp,
+            _ => return None,
+        })
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            KeyType::String => "a string",
+            KeyType::Int64 => "an integer",
+            KeyType::Float64 => "a number",
+            KeyType::Boolean => "a boolean",
+            KeyType::Date => "a date (YYYY-MM-DD)",
+            KeyType::Timestamp => "a timestamp (ISO 8601)",
+        }
+    }
+}
+
+/// A query's key value, converted to its column's type. Dates are days since the epoch and
+/// timestamps microseconds since the epoch, as in the Arrow arrays.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum KeyValue<'a> {
+    Str(Cow<'a, str>),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+/// Outcome of converting an input: a usable value, or one that can never match (NaN).
+pub(crate) enum Converted<'a> {
+    Value(KeyValue<'a>),
+    NeverMatches,
+}
+
+/// Converts a JSON value to a key of `key_type`. Strings holding numbers, booleans or dates
+/// are accepted, because clients often send every feature as a string; numbers are accepted
+/// for string keys under their JSON text.
+pub(crate) fn convert<'a>(
+    input: &str,
+    key_type: KeyType,
+    value: &'a Value,
+) -> Result<Converted<'a>> {
+    let invalid = || Error::InvalidKey {
+        input: input.to_owned(),
+        expected: key_type.describe(),
+        got: describe_json(value),
+    };
+    let converted = match (key_type, value) {
+        (KeyType::String, Value::String(s)) => KeyValue::Str(Cow::Borrowed(s)),
+        (KeyType::String, Value::Number(n)) => KeyValue::Str(Cow::Owned(n.to_string())),
+        (KeyType::String, Value::Bool(b)) => {
+            KeyValue::Str(Cow::Borrowed(if *b { "true" } else { "false" }))
+        }
+        (KeyType::Int64, Value::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                KeyValue::Int(i)
+            } else {
+                let f = n.as_f64().ok_or_else(invalid)?;
+                if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 {
+                    KeyValue::Int(f as i64)
+                } else {
+                    return Err(invalid());
+                }
+            }
+        }
+        (KeyType::Int64, Value::String(s)) => {
+            KeyValue::Int(s.trim().parse().map_err(|_| invalid())?)
+        }
+        (KeyType::Float64, Value::Number(n)) => KeyValue::Float(n.as_f64().ok_or_else(invalid)?),
+        (KeyType::Float64, Value::String(s)) => {
+            KeyValue::Float(s.trim().parse().map_err(|_| invalid())?)
+        }
+        (KeyType::Boolean, Value::Bool(b)) => KeyValue::Bool(*b),
+        (KeyType::Boolean, Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" => KeyValue::Bool(true),
+            "false" => KeyValue::Bool(false),
+            _ => return Err(invalid()),
+        },
+        (KeyType::Date, Value::String(s)) => KeyValue::Int(parse_date(s).ok_or_else(invalid)?),
+        (KeyType::Timestamp, Value::String(s)) => {
+            KeyValue::Int(parse_timestamp(s).ok_or_else(invalid)?)
+        }
+        _ => return Err(invalid()),
+    };
+    if let KeyValue::Float(f) = converted {
+        if f.is_nan() {
+            return Ok(Converted::NeverMatches);
+        }
+    }
+    Ok(Converted::Value(converted))
+}
+
+fn describe_json(value: &Value) -> String {
+    let text = value.to_string();
+    if text.len() > 80 {
+        let cut = text.char_indices().nth(77).map_or(text.len(), |(i, _)| i);
+        format!("{}...", &text[..cut])
+    } else {
+        text
+    }
+}
+
+const EPOCH: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
+
+pub(crate) fn parse_date(s: &str) -> Option<i64> {
+    let date = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").ok()?;
+    Some((date - EPOCH).num_days())
+}
+
+pub(crate) fn parse_timestamp(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_micros());
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, format) {
+            return Some(t.and_utc().timestamp_micros());
+        }
+    }
+    let days = parse_date(s)?;
+    days.checked_mul(86_400_000_000)
+}
+
+/// A key column of a table, downcast once.
+#[derive(Debug, Clone)]
+pub(crate) enum KeyArray {
+    Str(StringArray),
+    Int(Int64Array),
+    Float(Float64Array),
+    Bool(BooleanArray),
+    Date(Date32Array),
+    Timestamp(TimestampMicrosecondArray),
+}
+
+impl KeyArray {
+    pub(crate) fn new(array: &ArrayRef) -> Option<KeyArray> {
+        Some(match KeyType::of(array.data_type())? {
+            KeyType::String => KeyArray::Str(array.as_string::<i32>().clone()),
+            KeyType::Int64 => KeyArray::Int(array.as_primitive::<Int64Type>().clone()),
+            KeyType::Float64 => KeyArray::Float(array.as_primitive::<Float64Type>().clone()),
+            KeyType::Boolean => KeyArray::Bool(array.as_boolean().clone()),
+            KeyType::Date => KeyArray::Date(array.as_primitive::<Date32Type>().clone()),
+            KeyType::Timestamp => {
+                KeyArray::Timestamp(array.as_primitive::<TimestampMicrosecondType>().clone())
+            }
+        })
+    }
+
+    pub(crate) fn key_type(&self) -> KeyType {
+        match self {
+            KeyArray::Str(_) => KeyType::String,
+            KeyArray::Int(_) => KeyType::Int64,
+            KeyArray::Float(_) => KeyType::Float64,
+            KeyArray::Bool(_) => KeyType::Boolean,
+            KeyArray::Date(_) => KeyType::Date,
+            KeyArray::Timestamp(_) => KeyType::Timestamp,
+        }
+    }
+
+    /// Whether the row can be a key: not NULL, not NaN.
+    pub(crate) fn is_indexable(&self, row: usize) -> bool {
+        match self {
+            KeyArray::Str(a) => a.is_valid(row),
+            KeyArray::Int(a) => a.is_valid(row),
+            KeyArray::Float(a) => a.is_valid(row) && !a.value(row).is_nan(),
+            KeyArray::Bool(a) => a.is_valid(row),
+            KeyArray::Date(a) => a.is_valid(row),
+            KeyArray::Timestamp(a) => a.is_valid(row),
+        }
+    }
+
+    pub(crate) fn hash_row(&self, row: usize, hasher: &mut impl Hasher) {
+        match self {
+            KeyArray::Str(a) => hash_str(a.value(row), hasher),
+            KeyArray::Int(a) => hasher.write_i64(a.value(row)),
+            KeyArray::Float(a) => hasher.write_u64(float_bits(a.value(row))),
+            KeyArray::Bool(a) => hasher.write_u8(a.value(row) as u8),
+            KeyArray::Date(a) => hasher.write_i64(i64::from(a.value(row))),
+            KeyArray::Timestamp(a) => hasher.write_i64(a.value(row)),
+        }
+    }
+
+    pub(crate) fn rows_equal(&self, a: usize, b: usize) -> bool {
+        match self {
+            KeyArray::Str(x) => x.value(a) == x.value(b),
+            KeyArray::Int(x) => x.value(a) == x.value(b),
+            KeyArray::Float(x) => float_bits(x.value(a)) == float_bits(x.value(b)),
+            KeyArray::Bool(x) => x.value(a) == x.value(b),
+            KeyArray::Date(x) => x.value(a) == x.value(b),
+            KeyArray::Timestamp(x) => x.value(a) == x.value(b),
+        }
+    }
+
+    pub(crate) fn equals(&self, row: usize, value: &KeyValue<'_>) -> bool {
+        match (self, value) {
+            (KeyArray::Str(a), KeyValue::Str(s)) => a.value(row) == s.as_ref(),
+            (KeyArray::Int(a), KeyValue::Int(i)) => a.value(row) == *i,
+            (KeyArray::Float(a), KeyValue::Float(f)) => float_bits(a.value(row)) == float_bits(*f),
+            (KeyArray::Bool(a), KeyValue::Bool(b)) => a.value(row) == *b,
+            (KeyArray::Date(a), KeyValue::Int(i)) => i64::from(a.value(row)) == *i,
+            (KeyArray::Timestamp(a), KeyValue::Int(i)) => a.value(row) == *i,
+            _ => false,
+        }
+    }
+}
+
+pub(crate) fn hash_value(value: &KeyValue<'_>, hasher: &mut impl Hasher) {
+    match value {
+        KeyValue::Str(s) => hash_str(s, hasher),
+        KeyValue::Int(i) => hasher.write_i64(*i),
+        KeyValue::Float(f) => hasher.write_u64(float_bits(*f)),
+        KeyValue::Bool(b) => hasher.write_u8(*b as u8),
+    }
+}
+
+fn hash_str(s: &str, hasher: &mut impl Hasher) {
+    hasher.write(s.as_bytes());
+    // A terminator keeps ("ab", "c") and ("a", "bc") apart in composite keys.
+    hasher.write_u8(0xff);
+}
+
+/// Bits of a float with -0.0 folded into 0.0, so the two compare equal as SQL does.
+fn float_bits(f: f64) -> u64 {
+    if f == 0.0 { 0 } else { f.to_bits() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn conv(t: KeyType, v: Value) -> Result<KeyValue<'static>> {
+        let leaked: &'static Value = Box::leak(Box::new(v));
+        match convert("k", t, leaked)? {
+            Converted::Value(v) => Ok(v),
+            Converted::NeverMatches => Ok(KeyValue::Str(Cow::Borrowed("<never>"))),
+        }
+    }
+
+    #[test]
+    fn converts_lenient_inputs() {
+        assert_eq!(
+            conv(KeyType::Int64, json!("42")).unwrap(),
+            KeyValue::Int(42)
+        );
+        assert_eq!(
+            conv(KeyType::Int64, json!(42.0)).unwrap(),
+            KeyValue::Int(42)
+        );
+        assert_eq!(
+            conv(KeyType::String, json!(7)).unwrap(),
+            KeyValue::Str("7".into())
+        );
+        assert_eq!(
+            conv(KeyType::Boolean, json!("TRUE")).unwrap(),
+            KeyValue::Bool(true)
+        );
+        assert_eq!(
+            conv(KeyType::Date, json!("1970-01-02")).unwrap(),
+            KeyValue::Int(1)
+        );
+        assert_eq!(
+            conv(KeyType::Timestamp, json!("1970-01-01T00:00:01Z")).unwrap(),
+            KeyValue::Int(1_000_000)
+        );
+    }
+
+    #[test]
+    fn rejects_what_cannot_be_a_key_and_says_why() {
+        let err = conv(KeyType::Int64, json!("abc")).unwrap_err().to_string();
+        assert_eq!(err, "lookup key `k` expects an integer, got \"abc\"");
+        assert!(conv(KeyType::Int64, json!(1.5)).is_err());
+        assert!(conv(KeyType::Date, json!("2024-13-01")).is_err());
+        assert!(conv(KeyType::Boolean, json!({"a": 1})).is_err());
+    }
+
+    #[test]
+    fn zero_and_negative_zero_hash_alike() {
+        assert_eq!(float_bits(0.0), float_bits(-0.0));
+    }
+}

@@ -1,0 +1,275 @@
+//! A lookup: a table indexed on its key columns, with the endpoint's behaviours.
+
+use crate::error::{Error, Result};
+use crate::index::KeyIndex;
+use crate::json::ColumnWriter;
+use crate::key::{Converted, KeyArray, KeyType, KeyValue, convert};
+use crate::table::Table;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// What to do when a key is missing from the input, matches nothing, or matches several rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupAction {
+    /// The query fails (a client error).
+    Fail,
+    /// The record is answered `ignored: true` with an [`IgnoreReason`].
+    Ignore,
+    /// The record is kept; every output column is null.
+    Null,
+    /// The first matching row in table order (only for several matches).
+    First,
+}
+
+/// A key column and the name its value has in the query's input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyColumn {
+    pub column: String,
+    pub input: String,
+}
+
+/// A column copied out, under a possibly different name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputColumn {
+    pub column: String,
+    pub output: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupConfig {
+    pub keys: Vec<KeyColumn>,
+    /// Empty: every column of the table under its own name.
+    pub columns: Vec<OutputColumn>,
+    pub on_missing_key: LookupAction,
+    pub on_no_match: LookupAction,
+    pub on_multiple_matches: LookupAction,
+}
+
+impl LookupConfig {
+    /// A lookup on the given key columns (input names = column names), returning every column,
+    /// ignoring records that match nothing or several rows, failing on a missing key.
+    pub fn on_keys(keys: &[&str]) -> LookupConfig {
+        LookupConfig {
+            keys: keys
+                .iter()
+                .map(|k| KeyColumn {
+                    column: (*k).to_owned(),
+                    input: (*k).to_owned(),
+                })
+                .collect(),
+            columns: Vec::new(),
+            on_missing_key: LookupAction::Fail,
+            on_no_match: LookupAction::Ignore,
+            on_multiple_matches: LookupAction::Ignore,
+        }
+    }
+}
+
+/// Why a record was answered `ignored: true`; the protocol's `ignoreReason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IgnoreReason {
+    MissingKey,
+    NoMatch,
+    MultipleMatches,
+}
+
+impl IgnoreReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IgnoreReason::MissingKey => "MISSING_LOOKUP_KEY",
+            IgnoreReason::NoMatch => "NO_LOOKUP_MATCH",
+            IgnoreReason::MultipleMatches => "MULTIPLE_LOOKUP_MATCHES",
+        }
+    }
+}
+
+/// The answer for one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match {
+    /// The matching row.
+    Row(usize),
+    /// No row, but the record is kept with null outputs.
+    Nulls,
+    Ignored(IgnoreReason),
+}
+
+/// A table indexed on key columns, answering lookups.
+#[derive(Debug)]
+pub struct Lookup {
+    table: Arc<Table>,
+    index: KeyIndex,
+    keys: Vec<(String, KeyType)>,
+    outputs: Vec<ColumnWriter>,
+    config: LookupConfig,
+}
+
+impl Lookup {
+    /// Indexes `table` on the configured keys. Fails if a column is unknown or of a type
+    /// lookups cannot use, or if the configuration is inconsistent.
+    pub fn new(table: Arc<Table>, config: LookupConfig) -> Result<Lookup> {
+        if config.keys.is_empty() {
+            return Err(Error::Config(
+                "a lookup needs at least one key column".into(),
+            ));
+        }
+        for (name, action) in [
+            ("on_missing_key", config.on_missing_key),
+            ("on_no_match", config.on_no_match),
+        ] {
+            if action == LookupAction::First {
+                return Err(Error::Config(format!(
+                    "`{name}` cannot be `first`: there is no row to take"
+                )));
+            }
+        }
+        let batch = table.batch();
+        let mut key_arrays = Vec::with_capacity(config.keys.len());
+        let mut keys = Vec::with_capacity(config.keys.len());
+        for key in &config.keys {
+            let array = batch.column(table.column_index(&key.column)?);
+            let key_array = KeyArray::new(array).ok_or_else(|| Error::UnsupportedType {
+                dataset: table.name().to_owned(),
+                column: key.column.clone(),
+                data_type: array.data_type().to_string(),
+            })?;
+            keys.push((key.input.clone(), key_array.key_type()));
+            key_arrays.push(key_array);
+        }
+        let columns: Vec<OutputColumn> = if config.columns.is_empty() {
+            table
+                .column_names()
+                .into_iter()
+                .map(|c| OutputColumn {
+                    column: c.to_owned(),
+                    output: c.to_owned(),
+                })
+                .collect()
+        } else {
+            config.columns.clone()
+        };
+        let mut outputs: Vec<ColumnWriter> = Vec::with_capacity(columns.len());
+        for column in &columns {
+            let array = batch.column(table.column_index(&column.column)?);
+            let writer = ColumnWriter::new(table.name(), &column.column, &column.output, array)?;
+            if outputs
+                .iter()
+                .any(|w| w.output_name() == writer.output_name())
+            {
+                return Err(Error::Config(format!(
+                    "output column `{}` is named twice",
+                    column.output
+                )));
+            }
+            outputs.push(writer);
+        }
+        let index = KeyIndex::build(key_arrays, table.num_rows());
+        Ok(Lookup {
+            table,
+            index,
+            keys,
+            outputs,
+            config,
+        })
+    }
+
+    pub fn table(&self) -> &Arc<Table> {
+        &self.table
+    }
+
+    pub fn config(&self) -> &LookupConfig {
+        &self.config
+    }
+
+    /// Number of distinct (non-NULL) keys in the index.
+    pub fn distinct_keys(&self) -> usize {
+        self.index.distinct_keys()
+    }
+
+    /// Heap bytes of the index alone; the table's are [`Table::resident_bytes`].
+    pub fn index_bytes(&self) -> usize {
+        self.index.memory_bytes()
+    }
+
+    /// Finds the row for a record whose key values are under the configured input names.
+    /// A JSON `null` counts as a missing key.
+    pub fn find(&self, data: &Map<String, Value>) -> Result<Match> {
+        let mut values: Vec<KeyValue<'_>> = Vec::with_capacity(self.keys.len());
+        let mut never_matches = false;
+        for (input, key_type) in &self.keys {
+            match data.get(input) {
+                None | Some(Value::Null) => return self.on_missing_key(input),
+                Some(value) => match convert(input, *key_type, value)? {
+                    Converted::Value(v) => values.push(v),
+                    Converted::NeverMatches => never_matches = true,
+                },
+            }
+        }
+        let mut rows = if never_matches {
+            None
+        } else {
+            Some(self.index.probe(&values))
+        };
+        let first = rows.as_mut().and_then(Iterator::next);
+        let Some(first) = first else {
+            return match self.config.on_no_match {
+                LookupAction::Fail => Err(Error::NoMatch {
+                    dataset: self.table.name().to_owned(),
+                    keys: self.describe_keys(data),
+                }),
+                LookupAction::Ignore => Ok(Match::Ignored(IgnoreReason::NoMatch)),
+                LookupAction::Null | LookupAction::First => Ok(Match::Nulls),
+            };
+        };
+        let mut rows = rows.expect("a first row came from the iterator");
+        if rows.next().is_none() {
+            return Ok(Match::Row(first));
+        }
+        match self.config.on_multiple_matches {
+            LookupAction::First => Ok(Match::Row(first)),
+            LookupAction::Null => Ok(Match::Nulls),
+            LookupAction::Ignore => Ok(Match::Ignored(IgnoreReason::MultipleMatches)),
+            LookupAction::Fail => Err(Error::MultipleMatches {
+                dataset: self.table.name().to_owned(),
+                keys: self.describe_keys(data),
+                count: 2 + rows.count(),
+            }),
+        }
+    }
+
+    fn on_missing_key(&self, input: &str) -> Result<Match> {
+        match self.config.on_missing_key {
+            LookupAction::Fail => Err(Error::MissingKey {
+                input: input.to_owned(),
+            }),
+            LookupAction::Ignore => Ok(Match::Ignored(IgnoreReason::MissingKey)),
+            LookupAction::Null | LookupAction::First => Ok(Match::Nulls),
+        }
+    }
+
+    fn describe_keys(&self, data: &Map<String, Value>) -> String {
+        self.keys
+            .iter()
+            .map(|(input, _)| format!("{input}={}", data.get(input).unwrap_or(&Value::Null)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Writes the output columns of `row` as a JSON object; `None` writes every column null.
+    pub fn write_row(&self, row: Option<usize>, out: &mut Vec<u8>) {
+        out.push(b'{');
+        for (i, writer) in self.outputs.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            writer.write(row, out);
+        }
+        out.push(b'}');
+    }
+
+    /// The output columns of `row` as a JSON object value (for callers that need a tree).
+    pub fn row_to_value(&self, row: Option<usize>) -> Value {
+        let mut buf = Vec::with_capacity(64 * self.outputs.len());
+        self.write_row(row, &mut buf);
+        serde_json::from_slice(&buf).expect("the row writer writes valid JSON")
+    }
+}
