@@ -1,4 +1,247 @@
-//! `cargo xtask`: the project's automation. Placeholder until the CI driver lands.
+//! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
+//!
+//! - `ci`: everything CI checks, in order: fmt, lint, build, Rust tests, Python conformance
+//!   tests against the debug binary. If it passes locally, CI passes.
+//! - `lint`: clippy with `-D warnings`, plus the architecture rules (only `apinode-lookup`
+//!   may depend on DataFusion; libraries don't use anyhow; every crate root has `//!` docs).
+//! - `fmt`: `cargo fmt --all`.
+
+use anyhow::{Context, bail};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// Crates allowed to depend on DataFusion (the lookup/SQL engine, later the log reader).
+const DATAFUSION_ALLOWED: &[&str] = &["apinode-lookup"];
+/// Pinned Python requirements of the conformance tests.
+const PYTHON_REQUIREMENTS: &str = "crates/apinode-server/tests/python/requirements.txt";
+const PYTHON_TESTS: &str = "crates/apinode-server/tests/python";
+
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("usage: cargo xtask ci | lint | fmt")
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let root = project_root();
+    std::env::set_current_dir(&root)?;
+    match task.as_str() {
+        "ci" => ci(&root),
+        "lint" => lint(&root),
+        "fmt" => run(cargo().args(["fmt", "--all"])),
+        _ => bail!("usage: cargo xtask <ci | lint | fmt>"),
+    }
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{command:?}");
+    eprintln!("$ {shown}");
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(command: &mut Command) -> anyhow::Result<String> {
+    let out = command
+        .output()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn step<T>(name: &str, work: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    eprintln!("\n== {name}");
+    let start = Instant::now();
+    let result = work().with_context(|| format!("step `{name}` failed"));
+    eprintln!("== {name}: {:.1}s", start.elapsed().as_secs_f64());
+    result
+}
+
+fn ci(root: &Path) -> anyhow::Result<()> {
+    let start = Instant::now();
+    step("fmt", || {
+        run(cargo().args(["fmt", "--all", "--", "--check"]))
+    })?;
+    step("build", || {
+        run(cargo().args(["build", "--workspace", "--all-targets", "--locked"]))
+    })?;
+    step("lint", || lint(root))?;
+    step("rust tests", || {
+        run(cargo().args(["test", "--workspace", "--locked"]))
+    })?;
+    step("python conformance tests", || python_tests(root))?;
+    eprintln!("\nci passed in {:.0}s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn lint(root: &Path) -> anyhow::Result<()> {
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    check_layering()?;
+    check_tidy(root)
+}
+
+fn workspace_metadata() -> anyhow::Result<serde_json::Value> {
+    let text = output(cargo().args(["metadata", "--format-version", "1", "--no-deps"]))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn workspace_crates() -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let metadata = workspace_metadata()?;
+    let packages = metadata["packages"].as_array().context("no packages")?;
+    Ok(packages
+        .iter()
+        .filter_map(|p| {
+            let name = p["name"].as_str()?.to_owned();
+            let manifest = PathBuf::from(p["manifest_path"].as_str()?);
+            Some((name, manifest.parent()?.to_path_buf()))
+        })
+        .collect())
+}
+
+/// Only the allowed crates may have DataFusion anywhere in their dependency tree.
+fn check_layering() -> anyhow::Result<()> {
+    for (name, _) in workspace_crates()? {
+        if DATAFUSION_ALLOWED.contains(&name.as_str()) {
+            continue;
+        }
+        let tree = output(cargo().args([
+            "tree",
+            "--locked",
+            "-p",
+            &name,
+            "-e",
+            "normal,build",
+            "--prefix",
+            "none",
+        ]))?;
+        if tree
+            .lines()
+            .any(|l| l.starts_with("datafusion ") || l.starts_with("datafusion-"))
+        {
+            bail!(
+                "crate `{name}` depends on DataFusion; only {DATAFUSION_ALLOWED:?} may (see docs/architecture.md)"
+            );
+        }
+    }
+    eprintln!("layering: only {DATAFUSION_ALLOWED:?} may depend on DataFusion: ok");
+    Ok(())
+}
+
+/// Every crate root documents itself; libraries do not use anyhow.
+fn check_tidy(root: &Path) -> anyhow::Result<()> {
+    for (name, dir) in workspace_crates()? {
+        for root_file in ["src/lib.rs", "src/main.rs"] {
+            let path = dir.join(root_file);
+            if let Ok(text) = std::fs::read_to_string(&path)
+                && !text.trim_start().starts_with("//!")
+            {
+                bail!(
+                    "{} must start with `//!` docs saying what the crate is and is not",
+                    path.strip_prefix(root).unwrap_or(&path).display()
+                );
+            }
+        }
+        let is_library = dir.join("src/lib.rs").exists();
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))?;
+        let deps = manifest.split("[dev-dependencies]").next().unwrap_or("");
+        if is_library && deps.lines().any(|l| l.trim_start().starts_with("anyhow")) {
+            bail!("library crate `{name}` depends on anyhow: use its thiserror enum");
+        }
+    }
+    eprintln!("tidy: crate docs and error-type rules: ok");
+    Ok(())
+}
+
+fn target_dir() -> anyhow::Result<PathBuf> {
+    let metadata = workspace_metadata()?;
+    Ok(PathBuf::from(
+        metadata["target_directory"]
+            .as_str()
+            .context("cargo metadata has no target_directory")?,
+    ))
+}
+
+/// Creates (or reuses) a virtualenv with the pinned requirements, then runs pytest against
+/// the debug binary. Fails, never skips, when Python is missing.
+fn python_tests(root: &Path) -> anyhow::Result<()> {
+    let target = target_dir()?;
+    let venv = target.join("py-venv");
+    let python = venv.join("bin/python");
+    let requirements = std::fs::read(root.join(PYTHON_REQUIREMENTS))
+        .with_context(|| format!("cannot read {PYTHON_REQUIREMENTS}"))?;
+    let stamp = venv.join("requirements.sha256");
+    let wanted = hex::encode(Sha256::digest(&requirements));
+    let current = std::fs::read_to_string(&stamp).unwrap_or_default();
+    if !python.exists() || current.trim() != wanted {
+        let system_python = which_python()?;
+        if venv.exists() {
+            std::fs::remove_dir_all(&venv)?;
+        }
+        run(Command::new(&system_python)
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv))?;
+        run(Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(root.join(PYTHON_REQUIREMENTS)))?;
+        std::fs::write(&stamp, &wanted)?;
+    }
+    let binary = target.join("debug/apinode");
+    if !binary.exists() {
+        bail!(
+            "{} is missing: the build step should have produced it",
+            binary.display()
+        );
+    }
+    run(Command::new(&python)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(root.join(PYTHON_TESTS))
+        .env("APINODE_BIN", &binary))
+}
+
+fn which_python() -> anyhow::Result<PathBuf> {
+    for candidate in ["python3", "python"] {
+        if Command::new(candidate)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return Ok(PathBuf::from(candidate));
+        }
+    }
+    bail!(
+        "Python 3 is required for the conformance tests and was not found on PATH (install python3 and python3-venv)"
+    )
 }

@@ -116,10 +116,10 @@ pub(crate) fn convert<'a>(
         }
         _ => return Err(invalid()),
     };
-    if let KeyValue::Float(f) = converted {
-        if f.is_nan() {
-            return Ok(Converted::NeverMatches);
-        }
+    if let KeyValue::Float(f) = converted
+        && f.is_nan()
+    {
+        return Ok(Converted::NeverMatches);
     }
     Ok(Converted::Value(converted))
 }

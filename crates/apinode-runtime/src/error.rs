@@ -1,0 +1,84 @@
+use std::path::PathBuf;
+use thiserror::Error;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong in a runtime operation. The variants group by what the caller can do:
+/// fix the request (`NotFound`, `Conflict`, `Invalid*`, `Lookup`), fix the bundle (`Bundle`,
+/// `Unservable`), authenticate (`Unauthorized`), wait or activate (`Unavailable`), or look at
+/// the node's storage (`Storage`).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A service, endpoint, generation or key does not exist.
+    #[error("{what} not found: {id}")]
+    NotFound { what: &'static str, id: String },
+    /// The object already exists (with different content, for generations).
+    #[error("{0}")]
+    Conflict(String),
+    /// An admin request is malformed (bad id, bad mapping, bad parameter).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A user query is malformed: `location` names the offending field (e.g. `items[2].data`).
+    #[error("{location}: {message}")]
+    InvalidQuery { location: String, message: String },
+    /// The route does not fit the endpoint's kind.
+    #[error("endpoint `{endpoint}` is a {kind} endpoint: it answers {routes}, not `{action}`")]
+    WrongRoute {
+        endpoint: String,
+        kind: &'static str,
+        routes: String,
+        action: String,
+    },
+    /// A lookup rejected the query (missing or invalid key, no match or several matches when
+    /// the endpoint is configured to fail). `item` is the index in a multi query.
+    #[error("{}{source}", item.map(|i| format!("items[{i}]: ")).unwrap_or_default())]
+    Lookup {
+        item: Option<usize>,
+        #[source]
+        source: apinode_lookup::Error,
+    },
+    /// The archive is not a valid bundle.
+    #[error("invalid bundle {origin}: {source}")]
+    Bundle {
+        origin: String,
+        #[source]
+        source: apinode_bundle::Error,
+    },
+    /// The bundle is valid but this node cannot serve it (an endpoint kind or feature it does
+    /// not run yet, a dataset that does not load).
+    #[error("generation `{generation}` cannot be served: {message}")]
+    Unservable { generation: String, message: String },
+    /// Missing or wrong credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The service cannot answer now: disabled, or no generation activated.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The node's data directory could not be read or written.
+    #[error("node storage error at {}: {source}", path.display())]
+    Storage {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node's state file is unreadable.
+    #[error("node state file {} is corrupt: {message}", path.display())]
+    CorruptState { path: PathBuf, message: String },
+}
+
+impl Error {
+    pub(crate) fn not_found(what: &'static str, id: impl Into<String>) -> Error {
+        Error::NotFound {
+            what,
+            id: id.into(),
+        }
+    }
+
+    pub(crate) fn storage(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Storage {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! A generation loaded for serving: every endpoint built (datasets read from Parquet and
+//! indexed), its auth settings ready. Loading is all-or-nothing: a generation that cannot
+//! serve every endpoint is refused with the reason.
+
+use crate::error::{Error, Result};
+use crate::metrics::EndpointStats;
+use apinode_bundle::{
+    AuthMode, Bundle, DatasetSource, EndpointKind, LookupAction as SpecAction, LookupSpec, Manifest,
+};
+use apinode_lookup::{KeyColumn, Lookup, LookupAction, LookupConfig, OutputColumn, Table};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// The endpoint kinds this node serves today.
+pub const SERVED_KINDS: &[EndpointKind] = &[EndpointKind::DatasetLookup];
+
+#[derive(Debug)]
+pub(crate) struct LoadedGeneration {
+    pub(crate) id: Arc<str>,
+    pub(crate) manifest: Manifest,
+    pub(crate) auth: ServiceAuth,
+    pub(crate) endpoints: HashMap<String, Endpoint>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    pub(crate) kind: EndpointKind,
+    pub(crate) handler: Handler,
+    pub(crate) stats: EndpointStats,
+}
+
+#[derive(Debug)]
+pub(crate) enum Handler {
+    Lookup(Lookup),
+}
+
+impl LoadedGeneration {
+    pub(crate) fn load(bundle: &Bundle) -> Result<LoadedGeneration> {
+        let manifest = bundle.manifest().clone();
+        let generation = manifest.version.clone();
+        let unservable = |message: String| Error::Unservable {
+            generation: generation.clone(),
+            message,
+        };
+        let auth = ServiceAuth::from_manifest(&manifest).map_err(unservable)?;
+        let mut tables: HashMap<String, Arc<Table>> = HashMap::new();
+        let mut endpoints = HashMap::with_capacity(manifest.endpoints.len());
+        for spec in &manifest.endpoints {
+            if !SERVED_KINDS.contains(&spec.kind) {
+                return Err(unservable(format!(
+                    "endpoint `{}` is of kind `{}`, which this node cannot serve yet (it serves: {})",
+                    spec.id,
+                    spec.kind,
+                    SERVED_KINDS
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            let handler = match spec.kind {
+                EndpointKind::DatasetLookup => {
+                    let lookup_spec = spec.lookup.as_ref().ok_or_else(|| {
+                        unservable(format!("endpoint `{}` has no `lookup` section", spec.id))
+                    })?;
+                    let table = table_for(bundle, &mut tables, &lookup_spec.dataset)
+                        .map_err(|m| unservable(format!("endpoint `{}`: {m}", spec.id)))?;
+                    let lookup = Lookup::new(table, lookup_config(lookup_spec))
+                        .map_err(|e| unservable(format!("endpoint `{}`: {e}", spec.id)))?;
+                    Handler::Lookup(lookup)
+                }
+                other => {
+                    return Err(unservable(format!(
+                        "endpoint `{}` is of kind `{other}`, which this node cannot serve yet",
+                        spec.id
+                    )));
+                }
+            };
+            endpoints.insert(
+                spec.id.clone(),
+                Endpoint {
+                    kind: spec.kind,
+                    handler,
+                    stats: EndpointStats::default(),
+                },
+            );
+        }
+        Ok(LoadedGeneration {
+            id: Arc::from(generation.as_str()),
+            manifest,
+            auth,
+            endpoints,
+        })
+    }
+
+    /// Bytes held in memory by the generation's tables and indexes.
+    pub(crate) fn resident_bytes(&self) -> usize {
+        let mut seen = Vec::new();
+        let mut total = 0;
+        for endpoint in self.endpoints.values() {
+            match &endpoint.handler {
+                Handler::Lookup(lookup) => {
+                    total += lookup.index_bytes();
+                    let table = Arc::as_ptr(lookup.table());
+                    if !seen.contains(&table) {
+                        seen.push(table);
+                        total += lookup.table().resident_bytes();
+                    }
+                }
+            }
+        }
+        total
+    }
+}
+
+fn table_for(
+    bundle: &Bundle,
+    tables: &mut HashMap<String, Arc<Table>>,
+    dataset: &str,
+) -> std::result::Result<Arc<Table>, String> {
+    if let Some(table) = tables.get(dataset) {
+        return Ok(table.clone());
+    }
+    let entry = bundle
+        .manifest()
+        .dataset(dataset)
+        .ok_or_else(|| format!("dataset `{dataset}` is not declared"))?;
+    if let DatasetSource::Referenced { connection, table } = &entry.source {
+        return Err(format!(
+            "dataset `{dataset}` is referenced (table `{table}` on connection `{connection}`); \
+             this node serves bundled datasets only for now"
+        ));
+    }
+    let bytes = bundle.dataset_parquet(dataset).map_err(|e| e.to_string())?;
+    let table = Arc::new(Table::from_parquet(dataset, bytes.clone()).map_err(|e| e.to_string())?);
+    tables.insert(dataset.to_owned(), table.clone());
+    Ok(table)
+}
+
+pub(crate) fn lookup_config(spec: &LookupSpec) -> LookupConfig {
+    LookupConfig {
+        keys: spec
+            .keys
+            .iter()
+            .map(|k| KeyColumn {
+                column: k.column.clone(),
+                input: k.input.clone(),
+            })
+            .collect(),
+        columns: spec
+            .columns
+            .iter()
+            .map(|c| OutputColumn {
+                column: c.column.clone(),
+                output: c.output.clone(),
+            })
+            .collect(),
+        on_missing_key: action(spec.on_missing_key),
+        on_no_match: action(spec.on_no_match),
+        on_multiple_matches: action(spec.on_multiple_matches),
+    }
+}
+
+fn action(action: SpecAction) -> LookupAction {
+    match action {
+        SpecAction::Fail => LookupAction::Fail,
+        SpecAction::Ignore => LookupAction::Ignore,
+        SpecAction::Null => LookupAction::Null,
+        SpecAction::First => LookupAction::First,
+    }
+}
+
+/// Credentials presented with a user query.
+#[derive(Debug, Clone, Copy)]
+pub enum Credentials<'a> {
+    None,
+    /// HTTP Basic: the key is the user name.
+    ApiKey(&'a str),
+    Bearer(&'a str),
+}
+
+#[derive(Debug)]
+pub(crate) struct ServiceAuth {
+    mode: AuthMode,
+    keys: Vec<(String, [u8; 32])>,
+}
+
+impl ServiceAuth {
+    fn from_manifest(manifest: &Manifest) -> std::result::Result<ServiceAuth, String> {
+        let mut keys = Vec::with_capacity(manifest.auth.keys.len());
+        for key in &manifest.auth.keys {
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(&key.key_sha256, &mut hash)
+                .map_err(|e| format!("API key `{}` has an invalid key_sha256: {e}", key.id))?;
+            keys.push((key.id.clone(), hash));
+        }
+        match manifest.auth.mode {
+            AuthMode::Public | AuthMode::ApiKeys => Ok(ServiceAuth {
+                mode: manifest.auth.mode,
+                keys,
+            }),
+            AuthMode::Oauth2 => Err(
+                "auth mode `oauth2` is not served by this node yet (use `public` or `api-keys`)"
+                    .to_owned(),
+            ),
+        }
+    }
+
+    /// Checks the credentials; returns the id of the key used, if any. Every key is compared,
+    /// in constant time, so timing does not reveal which key (or how much of one) matched.
+    pub(crate) fn check(&self, credentials: Credentials<'_>) -> Result<Option<String>> {
+        match self.mode {
+            AuthMode::Public => Ok(None),
+            AuthMode::ApiKeys | AuthMode::Oauth2 => {
+                let secret = match credentials {
+                    Credentials::ApiKey(secret) => secret,
+                    Credentials::None => {
+                        return Err(Error::Unauthorized(
+                            "this service requires an API key (HTTP Basic, the key as user name)"
+                                .into(),
+                        ));
+                    }
+                    Credentials::Bearer(_) => {
+                        return Err(Error::Unauthorized(
+                            "this service takes API keys, not bearer tokens".into(),
+                        ));
+                    }
+                };
+                let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+                let mut found = None;
+                for (id, hash) in &self.keys {
+                    if bool::from(hash.ct_eq(&presented)) {
+                        found = Some(id.clone());
+                    }
+                }
+                found
+                    .map(Some)
+                    .ok_or_else(|| Error::Unauthorized("invalid API key".into()))
+            }
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! `apinode-runtime`: what an API node is, without HTTP.
+//!
+//! The [`Runtime`] holds the node's services, their imported generations (bundles loaded for
+//! serving) and the mapping that spreads queries over them, persists all of that in its data
+//! directory, and answers typed user queries ([`Runtime::call`]) and admin operations.
+//!
+//! What it is not: no HTTP, routing or JSON request parsing (the server does that and hands
+//! over parsed bodies); no bundle parsing of its own (`apinode-bundle`) and no lookup engine
+//! of its own (`apinode-lookup`).
+//!
+//! Invariants: a generation is fully loaded before it can be activated, and a generation that
+//! fails to load never replaces a serving one; a service's active set is swapped atomically,
+//! so a query reads it with one atomic load and finishes on the generation it picked even if
+//! the set changes meanwhile; every state change is on disk before it is visible.
+
+mod admin_keys;
+mod error;
+mod generation;
+mod metrics;
+mod runtime;
+mod state;
+
+pub use admin_keys::AdminKeyInfo;
+pub use error::{Error, Result};
+pub use generation::{Credentials, SERVED_KINDS};
+pub use metrics::{EndpointMetrics, Metrics, ServiceMetrics};
+pub use runtime::{
+    Action, CallRequest, CallResponse, Dispatch, GenerationInfo, GenerationsView, LookupItem,
+    LookupOutput, Output, Runtime, RuntimeConfig, ServiceSummary,
+};
+pub use state::{Mapping, MappingEntry};

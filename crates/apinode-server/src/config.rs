@@ -1,0 +1,86 @@
+//! Node configuration: an optional TOML file, overridden by command-line flags.
+
+use anyhow::Context;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub(crate) const DEFAULT_BIND: &str = "127.0.0.1:12000";
+pub(crate) const DEFAULT_DATA_DIR: &str = "./apinode-data";
+
+/// The node configuration file (`apinode serve --config FILE`). Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConfigFile {
+    pub(crate) bind: Option<SocketAddr>,
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Largest JSON body on the user and admin APIs (default 16 MiB).
+    pub(crate) max_body_bytes: Option<usize>,
+    /// Largest archive accepted by the upload route (default 4 GiB).
+    pub(crate) max_archive_bytes: Option<usize>,
+}
+
+impl ConfigFile {
+    pub(crate) fn load(path: &Path) -> anyhow::Result<ConfigFile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read configuration file {}", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("invalid configuration file {}", path.display()))
+    }
+}
+
+/// The configuration in effect.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeConfig {
+    pub(crate) bind: SocketAddr,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_archive_bytes: usize,
+}
+
+impl NodeConfig {
+    pub(crate) fn resolve(
+        file: Option<&Path>,
+        data_dir: Option<PathBuf>,
+        bind: Option<SocketAddr>,
+    ) -> anyhow::Result<NodeConfig> {
+        let file = match file {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        Ok(NodeConfig {
+            bind: bind
+                .or(file.bind)
+                .unwrap_or_else(|| DEFAULT_BIND.parse().expect("valid default address")),
+            data_dir: data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            max_body_bytes: file.max_body_bytes.unwrap_or(16 << 20),
+            max_archive_bytes: file.max_archive_bytes.unwrap_or(4 << 30),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "bind = \"127.0.0.1:9000\"\ndata_dir = \"/srv/a\"\n").unwrap();
+        let config = NodeConfig::resolve(Some(&path), Some("/srv/b".into()), None).unwrap();
+        assert_eq!(config.bind.port(), 9000);
+        assert_eq!(config.data_dir, PathBuf::from("/srv/b"));
+        let defaults = NodeConfig::resolve(None, None, None).unwrap();
+        assert_eq!(defaults.bind.to_string(), DEFAULT_BIND);
+
+        std::fs::write(&path, "bindd = 1\n").unwrap();
+        let err = format!(
+            "{:#}",
+            NodeConfig::resolve(Some(&path), None, None).unwrap_err()
+        );
+        assert!(err.contains("unknown field `bindd`"), "{err}");
+    }
+}

@@ -1,0 +1,160 @@
+//! The HTTP surface: the user API (`/public/api/v1/...`), the admin API (`/admin/api/...`)
+//! and `/isAlive`. Handlers parse and write JSON and call the runtime; nothing else.
+
+mod admin_api;
+mod auth;
+mod error;
+mod user_api;
+
+use apinode_runtime::Runtime;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use std::sync::Arc;
+use tower::Layer;
+use tower::util::MapRequestLayer;
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub(crate) use error::ApiError;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub(crate) runtime: Arc<Runtime>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HttpLimits {
+    /// Largest user-API or admin JSON body.
+    pub(crate) max_body_bytes: usize,
+    /// Largest archive accepted by the upload route.
+    pub(crate) max_archive_bytes: usize,
+}
+
+/// The complete service: path normalization in front of the router, so that the official
+/// client's `//public/...` and trailing slashes reach the same routes.
+pub(crate) fn app(
+    runtime: Arc<Runtime>,
+    limits: HttpLimits,
+) -> impl tower::Service<
+    Request,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    let state = AppState { runtime };
+    let router = Router::new()
+        .route("/isAlive", get(is_alive))
+        .route(
+            "/public/api/v1/{service}/{endpoint}/{action}",
+            post(user_api::call),
+        )
+        .merge(admin_api::routes(limits.max_archive_bytes))
+        .fallback(unknown_route)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::map_response(version_headers))
+        .with_state(state);
+    MapRequestLayer::new(normalize_path).layer(router)
+}
+
+async fn is_alive(State(state): State<AppState>) -> Response {
+    // Operators force a node out of a load balancer by creating this file (as Dataiku's does).
+    if state
+        .runtime
+        .data_dir()
+        .join("apinode-not-alive.txt")
+        .exists()
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "forced down by apinode-not-alive.txt",
+        )
+            .into_response();
+    }
+    (StatusCode::OK, "OK").into_response()
+}
+
+async fn unknown_route(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "InternalError",
+        "the node hit an internal error while answering; see its log",
+    )
+    .into_response()
+}
+
+async fn version_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert("DSS-API-Version", HeaderValue::from_static("1"));
+    headers.insert(
+        "DSS-Version",
+        HeaderValue::from_static(concat!("apinode-", env!("CARGO_PKG_VERSION"))),
+    );
+    response
+}
+
+/// Collapses repeated slashes and drops a trailing slash: `//admin/api/services/` becomes
+/// `/admin/api/services`.
+fn normalize_path(mut request: Request) -> Request {
+    let path = request.uri().path();
+    if !path.contains("//") && (path.len() <= 1 || !path.ends_with('/')) {
+        return request;
+    }
+    let mut normalized = String::with_capacity(path.len());
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        normalized.push('/');
+        normalized.push_str(segment);
+    }
+    if normalized.is_empty() {
+        normalized.push('/');
+    }
+    if let Some(query) = request.uri().query() {
+        normalized.push('?');
+        normalized.push_str(query);
+    }
+    let mut parts = request.uri().clone().into_parts();
+    if let Ok(path_and_query) = normalized.parse() {
+        parts.path_and_query = Some(path_and_query);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn normalized(uri: &str) -> String {
+        let request = Request::builder()
+            .uri(uri)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        normalize_path(request).uri().to_string()
+    }
+
+    #[test]
+    fn paths_are_normalized() {
+        assert_eq!(
+            normalized("//public/api/v1/s/e/lookup"),
+            "/public/api/v1/s/e/lookup"
+        );
+        assert_eq!(normalized("/admin/api/services/"), "/admin/api/services");
+        assert_eq!(normalized("/isAlive/"), "/isAlive");
+        assert_eq!(normalized("/"), "/");
+        assert_eq!(
+            normalized("//admin//api/x?filePath=/a//b"),
+            "/admin/api/x?filePath=/a//b"
+        );
+    }
+}

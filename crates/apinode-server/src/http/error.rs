@@ -1,0 +1,112 @@
+//! The one place that turns errors into HTTP statuses and the protocol's error body
+//! `{"errorType", "message", "detailedMessage"}`.
+
+use apinode_runtime::Error;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+const ERROR_PREFIX: &str = "com.dataiku.dip.apinode.";
+
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    error_type: &'static str,
+    message: String,
+    detailed: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        error_type: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        let message = message.into();
+        ApiError {
+            status,
+            error_type,
+            detailed: message.clone(),
+            message,
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+
+    pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "NotFound", message)
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        let (status, error_type) = match &error {
+            Error::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
+            Error::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            Error::InvalidQuery { .. } => (StatusCode::BAD_REQUEST, "InvalidQuery"),
+            Error::WrongRoute { .. } => (StatusCode::BAD_REQUEST, "WrongRoute"),
+            Error::Lookup { source, .. } => classify_lookup(source),
+            Error::Bundle { .. } => (StatusCode::BAD_REQUEST, "InvalidBundle"),
+            Error::Unservable { .. } => (StatusCode::BAD_REQUEST, "UnservableGeneration"),
+            Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+        };
+        let message = error.to_string();
+        let mut detailed = message.clone();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !detailed.contains(&text) {
+                detailed.push_str(": ");
+                detailed.push_str(&text);
+            }
+            source = cause.source();
+        }
+        if status.is_server_error() {
+            tracing::error!("{detailed}");
+        }
+        ApiError {
+            status,
+            error_type,
+            message,
+            detailed,
+        }
+    }
+}
+
+/// Lookup failures are the client's: the status says which kind.
+fn classify_lookup(error: &apinode_lookup::Error) -> (StatusCode, &'static str) {
+    match error {
+        apinode_lookup::Error::NoMatch { .. } => (StatusCode::NOT_FOUND, "NoLookupMatch"),
+        apinode_lookup::Error::MultipleMatches { .. } => {
+            (StatusCode::CONFLICT, "MultipleLookupMatches")
+        }
+        apinode_lookup::Error::MissingKey { .. } | apinode_lookup::Error::InvalidKey { .. } => {
+            (StatusCode::BAD_REQUEST, "InvalidLookupKey")
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "errorType": format!("{ERROR_PREFIX}{}", self.error_type),
+            "message": self.message,
+            "detailedMessage": self.detailed,
+        });
+        let mut response = (self.status, body.to_string()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}

@@ -1,0 +1,162 @@
+//! `POST /public/api/v1/{service}/{endpoint}/{action}`: parse the body, call the runtime,
+//! write the protocol's response.
+
+use super::auth::PresentedCredentials;
+use super::{ApiError, AppState};
+use apinode_runtime::{Action, CallRequest, CallResponse, Dispatch, LookupItem, Output};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::Value;
+use std::io::Write;
+use std::time::Instant;
+
+pub(super) async fn call(
+    State(state): State<AppState>,
+    Path((service, endpoint, route)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let start = Instant::now();
+    let action = Action::from_route(&route).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "unknown action `{route}`: use predict, predict-multi, lookup, lookup-multi, query or run"
+        ))
+    })?;
+    let credentials = PresentedCredentials::from_headers(&headers)?;
+    let body = parse_body(&body)?;
+    let dispatch = parse_dispatch(&body)?;
+    let request = CallRequest {
+        service: &service,
+        endpoint: &endpoint,
+        action,
+        body: &body,
+        dispatch,
+        credentials: credentials.as_credentials(),
+    };
+    let response = match state.runtime.call(&request) {
+        Ok(response) => response,
+        Err(e) => {
+            if matches!(e, apinode_runtime::Error::Unauthorized(_)) {
+                tracing::warn!(target: "apinode::audit::auth", service, endpoint, "{e}");
+            }
+            return Err(e.into());
+        }
+    };
+    Ok(write_response(&service, &endpoint, &response, start))
+}
+
+/// An empty body is `{}` (the official client sends none when there is nothing to send).
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Default::default()));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+fn parse_dispatch(body: &Value) -> Result<Dispatch, ApiError> {
+    let Some(dispatch) = body.get("dispatch") else {
+        return Ok(Dispatch::default());
+    };
+    if dispatch.is_null() {
+        return Ok(Dispatch::default());
+    }
+    let object = dispatch
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("`dispatch` must be an object"))?;
+    let field = |name: &str| -> Result<Option<String>, ApiError> {
+        match object.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) if name == "dispatchKey" => Ok(Some(n.to_string())),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "`dispatch.{name}` must be a string, got {other}"
+            ))),
+        }
+    };
+    Ok(Dispatch {
+        forced_generation: field("forcedGeneration")?,
+        dispatch_key: field("dispatchKey")?,
+    })
+}
+
+fn write_response(
+    service: &str,
+    endpoint: &str,
+    response: &CallResponse,
+    start: Instant,
+) -> Response {
+    let mut out = Vec::with_capacity(256);
+    match &response.output {
+        Output::Lookup(lookup) => {
+            out.extend_from_slice(b"{\"results\":[");
+            for (i, item) in lookup.items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                match item {
+                    LookupItem::Data(_) => {
+                        out.extend_from_slice(b"{\"data\":");
+                        out.extend_from_slice(lookup.data(item).unwrap_or(b"null"));
+                        out.extend_from_slice(b",\"ignored\":false}");
+                    }
+                    LookupItem::Ignored { reason } => {
+                        let _ = write!(out, "{{\"ignored\":true,\"ignoreReason\":\"{reason}\"}}");
+                    }
+                }
+            }
+            let _ = write!(
+                out,
+                "],\"timing\":{{\"lookup\":{},\"total\":{}}}",
+                response.endpoint_micros,
+                start.elapsed().as_micros()
+            );
+        }
+    }
+    out.extend_from_slice(b",\"apiContext\":");
+    let api_context = serde_json::json!({
+        "serviceId": service,
+        "endpointId": endpoint,
+        "serviceGeneration": &*response.generation,
+    });
+    let _ = serde_json::to_writer(&mut out, &api_context);
+    out.push(b'}');
+    let mut http = (StatusCode::OK, out).into_response();
+    http.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    http
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn empty_bodies_are_empty_objects() {
+        assert_eq!(parse_body(b"").unwrap(), json!({}));
+        assert_eq!(parse_body(b"  \n").unwrap(), json!({}));
+        assert!(parse_body(b"[1]").is_err());
+        assert!(parse_body(b"{").is_err());
+    }
+
+    #[test]
+    fn dispatch_is_read_from_the_body() {
+        let d = parse_dispatch(&json!({"dispatch": {"forcedGeneration": "v2"}})).unwrap();
+        assert_eq!(d.forced_generation.as_deref(), Some("v2"));
+        let d = parse_dispatch(&json!({"dispatch": {"dispatchKey": 42}})).unwrap();
+        assert_eq!(d.dispatch_key.as_deref(), Some("42"));
+        assert!(parse_dispatch(&json!({"dispatch": "v2"})).is_err());
+        assert_eq!(parse_dispatch(&json!({})).unwrap(), Dispatch::default());
+    }
+}

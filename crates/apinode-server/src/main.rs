@@ -1,0 +1,73 @@
+//! `apinode`: the API node binary. Thin: parses the command line and hands over to the
+//! commands; HTTP lives in `http`, everything else in the library crates.
+
+mod bundle_cmd;
+mod config;
+mod demo;
+mod http;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "apinode",
+    version,
+    about = "A real-time API serving node, compatible with Dataiku's API node"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the node's services over HTTP.
+    Serve(serve::ServeArgs),
+    /// Build and inspect service bundles.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
+    /// Build the example customers service, start a node serving it, print example queries.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum BundleCommand {
+    /// Validate a service folder and write its bundle archive.
+    Build {
+        /// The service folder (holding service.toml).
+        dir: PathBuf,
+        /// The archive to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The generation id (default: service.toml's `version`, else derived from the content).
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Verify an archive and print what it holds.
+    Inspect {
+        file: PathBuf,
+        /// Print the manifest as JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Bundle { command } => match command {
+            BundleCommand::Build {
+                dir,
+                output,
+                version,
+            } => bundle_cmd::build(&dir, &output, version),
+            BundleCommand::Inspect { file, json } => bundle_cmd::inspect(&file, json),
+        },
+        Command::Demo(args) => demo::run(args),
+    }
+}

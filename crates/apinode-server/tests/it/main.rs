@@ -1,0 +1,319 @@
+//! End-to-end tests of the `apinode` binary: build a bundle with the CLI, serve it on a free
+//! loopback port, query over HTTP, restart on the same data directory.
+
+use reqwest::blocking::{Client, Response};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_apinode");
+const ADMIN_KEY: &str = "e2e-admin-key";
+
+struct Node {
+    child: Child,
+    url: String,
+}
+
+impl Node {
+    /// Starts `apinode serve` on a free port and waits for its "listening" line.
+    fn start(data_dir: &Path) -> Node {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("APINODE_ADMIN_KEY", ADMIN_KEY)
+            .env("APINODE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the apinode binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("apinode listening on ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the node announces its address within 60 s");
+        Node { child, url }
+    }
+
+    fn stop(mut self) {
+        // SIGTERM through the `kill` command keeps the test free of unsafe code.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn build_bundle(dir: &Path, version: &str, city: &str) -> PathBuf {
+    let service = dir.join(format!("svc-{version}"));
+    std::fs::create_dir_all(&service).unwrap();
+    std::fs::write(
+        service.join("customers.csv"),
+        format!("id,name,city,joined\n1,Ann,{city},2024-01-31\n2,Bob,Lyon,\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        service.join("service.toml"),
+        r#"
+[service]
+id = "shop"
+
+[[datasets]]
+name = "customers"
+path = "customers.csv"
+
+[[endpoints]]
+id = "customer"
+kind = "dataset-lookup"
+[endpoints.lookup]
+dataset = "customers"
+keys = ["id"]
+"#,
+    )
+    .unwrap();
+    let out = dir.join(format!("{version}.zip"));
+    let status = Command::new(BIN)
+        .args(["bundle", "build"])
+        .arg(&service)
+        .arg("-o")
+        .arg(&out)
+        .args(["--version", version])
+        .status()
+        .unwrap();
+    assert!(status.success(), "bundle build failed");
+    out
+}
+
+fn admin(
+    client: &Client,
+    method: reqwest::Method,
+    url: String,
+) -> reqwest::blocking::RequestBuilder {
+    client.request(method, url).basic_auth(ADMIN_KEY, Some(""))
+}
+
+fn json_of(response: Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body = response.text().unwrap();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+fn lookup(client: &Client, url: &str, body: &str) -> (u16, Value) {
+    json_of(
+        client
+            .post(format!("{url}/public/api/v1/shop/customer/lookup"))
+            .body(body.to_owned())
+            .send()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn serve_import_query_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let v1 = build_bundle(dir.path(), "v1", "Paris");
+    let client = Client::new();
+
+    let node = Node::start(&data_dir);
+    let url = node.url.clone();
+    assert_eq!(
+        client
+            .get(format!("{url}/isAlive/"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // The admin API wants the admin key.
+    let (status, body) = json_of(
+        client
+            .get(format!("{url}/admin/api/services"))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 401);
+    assert_eq!(body["errorType"], "com.dataiku.dip.apinode.Unauthorized");
+
+    let (status, _) = json_of(
+        admin(
+            &client,
+            reqwest::Method::POST,
+            format!("{url}//admin/api/services/"),
+        )
+        .body(r#"{"serviceId": "shop"}"#)
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(status, 200);
+    let (status, generation) = json_of(
+        admin(
+            &client,
+            reqwest::Method::POST,
+            format!("{url}/admin/api/services/shop/generations/actions/upload"),
+        )
+        .body(std::fs::read(&v1).unwrap())
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(
+        (status, generation["generation"].as_str()),
+        (200, Some("v1"))
+    );
+
+    // Not active yet: 503 with the error shape.
+    let (status, body) = lookup(&client, &url, r#"{"data": {"id": 1}}"#);
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no active generation")
+    );
+
+    let (status, body) = json_of(
+        admin(
+            &client,
+            reqwest::Method::POST,
+            format!("{url}/admin/api/services/shop/actions/switchToNewest"),
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!((status, &body["generation"]), (200, &json!("v1")));
+
+    let response = client
+        .post(format!("{url}//public/api/v1/shop/customer/lookup/"))
+        .body(r#"{"data": {"id": 1}, "dispatch": {"dispatchKey": "u1"}}"#)
+        .send()
+        .unwrap();
+    assert!(response.headers().contains_key("DSS-API-Version"));
+    assert!(response.headers().contains_key("DSS-Version"));
+    let (status, body) = json_of(response);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["results"][0],
+        json!({"data": {"id": 1, "name": "Ann", "city": "Paris", "joined": "2024-01-31"}, "ignored": false})
+    );
+    assert_eq!(
+        body["apiContext"],
+        json!({"serviceId": "shop", "endpointId": "customer", "serviceGeneration": "v1"})
+    );
+    assert!(body["timing"]["total"].is_u64());
+
+    // Client mistakes are 4xx with a message that says what was wrong.
+    let (status, body) = lookup(&client, &url, "");
+    assert_eq!(status, 400);
+    assert_eq!(body["errorType"], "com.dataiku.dip.apinode.InvalidQuery");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("data: required"),
+        "{body}"
+    );
+    let (status, body) = lookup(&client, &url, "{nope");
+    assert_eq!(status, 400);
+    assert!(
+        body["detailedMessage"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{body}"
+    );
+    let (status, body) = lookup(&client, &url, r#"{"data": {"id": "x"}}"#);
+    assert_eq!(
+        (status, body["errorType"].as_str()),
+        (400, Some("com.dataiku.dip.apinode.InvalidLookupKey"))
+    );
+    let (status, _) = json_of(
+        client
+            .post(format!("{url}/public/api/v1/shop/customer/explode"))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 404);
+
+    // Restart on the same data directory: no re-import, same answers.
+    node.stop();
+    let node = Node::start(&data_dir);
+    let (status, body) = lookup(&client, &node.url, r#"{"data": {"id": 2}}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["data"]["joined"], Value::Null);
+    assert_eq!(body["apiContext"]["serviceGeneration"], "v1");
+
+    // A second generation through importFromArchive, then forced dispatch.
+    let v2 = build_bundle(dir.path(), "v2", "Nice");
+    let (status, _) = json_of(
+        admin(
+            &client,
+            reqwest::Method::POST,
+            format!(
+                "{}/admin/api/services/shop/generations/actions/importFromArchive?filePath={}",
+                node.url,
+                v2.display()
+            ),
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(status, 200);
+    let (_, body) = lookup(
+        &client,
+        &node.url,
+        r#"{"data": {"id": 1}, "dispatch": {"forcedGeneration": "v2"}}"#,
+    );
+    assert_eq!(body["results"][0]["data"]["city"], "Nice");
+    let (_, body) = lookup(&client, &node.url, r#"{"data": {"id": 1}}"#);
+    assert_eq!(body["results"][0]["data"]["city"], "Paris");
+    node.stop();
+}
+
+#[test]
+fn bundle_cli_reports_bad_input_and_inspects() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = build_bundle(dir.path(), "v1", "Paris");
+    let out = Command::new(BIN)
+        .args(["bundle", "inspect"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("generation v1"), "{text}");
+    assert!(
+        text.contains("customers") && text.contains("2 rows"),
+        "{text}"
+    );
+
+    let junk = dir.path().join("junk.zip");
+    std::fs::write(&junk, b"not a zip").unwrap();
+    let out = Command::new(BIN)
+        .args(["bundle", "inspect"])
+        .arg(&junk)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("junk.zip"), "{err}");
+}
