@@ -70,8 +70,10 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
             Ok(())
         })
         .await??;
-        print_tour(&config.bind.to_string(), &admin_key);
-        serve(runtime, &config).await
+        serve(runtime, &config, |addr| {
+            print_tour(&addr.to_string(), &admin_key)
+        })
+        .await
     })
 }
 

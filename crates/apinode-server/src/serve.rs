@@ -28,7 +28,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = NodeConfig::resolve(args.config.as_deref(), args.data_dir, args.bind)?;
     tokio_runtime()?.block_on(async {
         let (runtime, _) = open_runtime(config.data_dir.clone()).await?;
-        serve(runtime, &config).await
+        serve(runtime, &config, |_| {}).await
     })
 }
 
@@ -66,8 +66,13 @@ pub(crate) async fn open_runtime(
     Ok((Arc::new(runtime), generated))
 }
 
-/// Listens until SIGINT or SIGTERM; in-flight requests finish first.
-pub(crate) async fn serve(runtime: Arc<Runtime>, config: &NodeConfig) -> anyhow::Result<()> {
+/// Listens until SIGINT or SIGTERM; in-flight requests finish first. `on_ready` runs once the
+/// socket is bound, with the actual address (the port may have been picked by the system).
+pub(crate) async fn serve(
+    runtime: Arc<Runtime>,
+    config: &NodeConfig,
+    on_ready: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("cannot listen on {}", config.bind))?;
@@ -77,6 +82,7 @@ pub(crate) async fn serve(runtime: Arc<Runtime>, config: &NodeConfig) -> anyhow:
         max_archive_bytes: config.max_archive_bytes,
     };
     let service = app(runtime, limits);
+    on_ready(addr);
     // Tests and scripts read this line to learn the port.
     println!("apinode listening on http://{addr}");
     let _ = std::io::stdout().flush();

@@ -20,9 +20,16 @@ struct Node {
 impl Node {
     /// Starts `apinode serve` on a free port and waits for its "listening" line.
     fn start(data_dir: &Path) -> Node {
+        Node::spawn("serve", data_dir, &[]).0
+    }
+
+    /// Starts `apinode <command>` on a free port; returns the node and the stdout lines
+    /// printed before the "listening" line.
+    fn spawn(command: &str, data_dir: &Path, extra: &[&str]) -> (Node, Vec<String>) {
         let mut child = Command::new(BIN)
-            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .args([command, "--bind", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env("APINODE_ADMIN_KEY", ADMIN_KEY)
             .env("APINODE_LOG", "warn")
             .stdout(Stdio::piped())
@@ -32,16 +39,19 @@ impl Node {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut before = Vec::new();
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(url) = line.strip_prefix("apinode listening on ") {
-                    let _ = tx.send(url.trim().to_owned());
+                    let _ = tx.send((url.trim().to_owned(), std::mem::take(&mut before)));
+                } else {
+                    before.push(line);
                 }
             }
         });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the node announces its address within 60 s");
-        Node { child, url }
+        let (url, printed) = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the node announces its address within 120 s");
+        (Node { child, url }, printed)
     }
 
     fn stop(mut self) {
@@ -316,4 +326,62 @@ fn bundle_cli_reports_bad_input_and_inspects() {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("junk.zip"), "{err}");
+}
+
+#[test]
+fn demo_serves_the_example_service_and_prints_working_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, printed) = Node::spawn("demo", &dir.path().join("data"), &["--rows", "1000"]);
+    let tour = printed.join("\n");
+    assert!(
+        tour.contains(&format!(
+            "{}/public/api/v1/customers/customer-by-id/lookup",
+            node.url
+        )),
+        "{tour}"
+    );
+    assert!(
+        tour.contains(ADMIN_KEY),
+        "the tour shows the admin key in use: {tour}"
+    );
+
+    let client = Client::new();
+    let (status, body) = json_of(
+        client
+            .post(format!(
+                "{}/public/api/v1/customers/customer-by-id/lookup",
+                node.url
+            ))
+            .basic_auth("customers-demo-key", Some(""))
+            .body(r#"{"data": {"customer_id": 42}}"#)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let data = &body["results"][0]["data"];
+    assert_eq!(data["customer_id"], 42);
+    assert!(
+        data["email"].as_str().unwrap().ends_with(".42@example.com"),
+        "{data}"
+    );
+    assert!(
+        data["lifetime_value"].is_f64() && data["is_active"].is_boolean(),
+        "{data}"
+    );
+
+    // The composite-key endpoint: account numbers restart in each country.
+    let (status, body) = json_of(
+        client
+            .post(format!(
+                "{}/public/api/v1/customers/account/lookup",
+                node.url
+            ))
+            .basic_auth("customers-demo-key", Some(""))
+            .body(r#"{"data": {"country": "FR", "account": 7}}"#)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body["results"][0]["data"]["customer_id"].is_i64(), "{body}");
+    node.stop();
 }
