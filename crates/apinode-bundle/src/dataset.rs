@@ -316,24 +316,7 @@ fn convert_csv<W: Write + Send>(
     let selected: Vec<(usize, ColumnSpec)> = match schema {
         None => {
             check_unique_names(&names)?;
-            inferred
-                .fields()
-                .iter()
-                .enumerate()
-                .map(|(i, f)| {
-                    column_type_of(f.data_type())
-                        .map(|t| {
-                            (
-                                i,
-                                ColumnSpec {
-                                    name: f.name().clone(),
-                                    column_type: t,
-                                },
-                            )
-                        })
-                        .ok_or_else(|| unsupported_type(f.name(), f.data_type()))
-                })
-                .collect::<ConvResult<_>>()?
+            every_column(inferred.fields())?
         }
         Some(columns) if csv.header => columns
             .iter()
@@ -423,24 +406,7 @@ fn convert_parquet<W: Write + Send>(
     let selected: Vec<(usize, ColumnSpec)> = match schema {
         None => {
             check_unique_names(&names)?;
-            file_schema
-                .fields()
-                .iter()
-                .enumerate()
-                .map(|(i, f)| {
-                    column_type_of(f.data_type())
-                        .map(|t| {
-                            (
-                                i,
-                                ColumnSpec {
-                                    name: f.name().clone(),
-                                    column_type: t,
-                                },
-                            )
-                        })
-                        .ok_or_else(|| unsupported_type(f.name(), f.data_type()))
-                })
-                .collect::<ConvResult<_>>()?
+            every_column(file_schema.fields())?
         }
         Some(columns) => columns
             .iter()
@@ -510,6 +476,26 @@ fn quote_names(names: &[&str]) -> String {
         .map(|n| format!("`{n}`"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Every column of a file, in file order, with its normalized type; an unsupported type is an
+/// error naming the column.
+fn every_column(fields: &arrow_schema::Fields) -> ConvResult<Vec<(usize, ColumnSpec)>> {
+    fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let column_type = column_type_of(f.data_type())
+                .ok_or_else(|| unsupported_type(f.name(), f.data_type()))?;
+            Ok((
+                i,
+                ColumnSpec {
+                    name: f.name().clone(),
+                    column_type,
+                },
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]
