@@ -5,6 +5,7 @@
 //! - `lint`: clippy with `-D warnings`, plus the architecture rules (only `apinode-lookup`
 //!   may depend on DataFusion; libraries don't use anyhow; every crate root has `//!` docs).
 //! - `fmt`: `cargo fmt --all`.
+//! - `bench [NAME]`: the criterion benchmarks in `benches/` (all, or one by name), in release.
 
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
@@ -26,7 +27,15 @@ fn main() -> anyhow::Result<()> {
         "ci" => ci(&root),
         "lint" => lint(&root),
         "fmt" => run(cargo().args(["fmt", "--all"])),
-        _ => bail!("usage: cargo xtask <ci | lint | fmt>"),
+        "bench" => {
+            let mut command = cargo();
+            command.args(["bench", "--locked", "-p", "apinode-benches"]);
+            if let Some(name) = std::env::args().nth(2) {
+                command.args(["--bench", &name]);
+            }
+            run(&mut command)
+        }
+        _ => bail!("usage: cargo xtask <ci | lint | fmt | bench [NAME]>"),
     }
 }
 
@@ -85,6 +94,12 @@ fn ci(root: &Path) -> anyhow::Result<()> {
     step("lint", || lint(root))?;
     step("rust tests", || {
         run(cargo().args(["test", "--workspace", "--locked"]))
+    })?;
+    // Each benchmark once, on a small table, so they never rot (figures come from `bench`).
+    step("benchmark smoke", || {
+        run(cargo()
+            .args(["test", "--workspace", "--benches", "--locked"])
+            .env("APINODE_BENCH_ROWS", "10000"))
     })?;
     step("python conformance tests", || python_tests(root))?;
     eprintln!("\nci passed in {:.0}s", start.elapsed().as_secs_f64());
