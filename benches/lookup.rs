@@ -1,7 +1,12 @@
-//! Single-key and batch lookups on a generated customers table (1M rows by default), against
-//! the straightforward baseline a first implementation would write: a
-//! `HashMap<String, usize>` from owned key to row, and a `serde_json::Value` object built and
-//! serialized per answer.
+//! Single-key and batch lookups on a generated customers table (1M rows by default, string
+//! keys), side by side in one run with:
+//! - SQLite (rusqlite, in-memory, an index on the key column, a prepared statement), each
+//!   answer written as JSON like ours;
+//! - DataFusion, `SELECT * FROM customers WHERE key = $1` on a MemTable per key, and a join
+//!   with a 1,000-key table for the batch;
+//! - the straightforward baseline a first implementation would write: a
+//!   `HashMap<String, usize>` from owned key to row, and a `serde_json::Value` object built and
+//!   serialized per answer.
 //!
 //! `cargo bench -p apinode-benches --bench lookup`; CI runs it once as a smoke test with
 //! `APINODE_BENCH_ROWS=10000 cargo test --benches`.
@@ -13,9 +18,13 @@ use arrow_array::types::{Date32Type, Float64Type, Int64Type};
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use datafusion::prelude::SessionContext;
+use datafusion::scalar::ScalarValue;
+use rusqlite::types::ValueRef;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::io::Write;
 use std::sync::Arc;
 
 /// The baseline: a std HashMap of owned keys, and a JSON tree per answer.
@@ -67,6 +76,122 @@ impl Naive {
     }
 }
 
+/// SQLite in memory, with the same rows and an index on the key.
+struct Sqlite {
+    connection: rusqlite::Connection,
+    /// `"name":` per column, escaped once, as our writer does.
+    prefixes: Vec<Vec<u8>>,
+}
+
+impl Sqlite {
+    fn new(batch: &RecordBatch) -> Sqlite {
+        let connection = rusqlite::Connection::open_in_memory().expect("sqlite opens");
+        let schema = batch.schema();
+        let columns: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let sql_type = match f.data_type() {
+                    DataType::Int64 | DataType::Date32 | DataType::Boolean => "INTEGER",
+                    DataType::Float64 => "REAL",
+                    _ => "TEXT",
+                };
+                format!("\"{}\" {sql_type}", f.name())
+            })
+            .collect();
+        connection
+            .execute_batch(&format!("CREATE TABLE customers ({})", columns.join(", ")))
+            .expect("create table");
+        let placeholders = vec!["?"; columns.len()].join(", ");
+        let tx = connection.unchecked_transaction().expect("transaction");
+        {
+            let mut insert = tx
+                .prepare(&format!("INSERT INTO customers VALUES ({placeholders})"))
+                .expect("prepare insert");
+            for row in 0..batch.num_rows() {
+                let values: Vec<rusqlite::types::Value> = batch
+                    .columns()
+                    .iter()
+                    .map(|column| {
+                        use rusqlite::types::Value as V;
+                        if column.is_null(row) {
+                            return V::Null;
+                        }
+                        match column.data_type() {
+                            DataType::Int64 => {
+                                V::Integer(column.as_primitive::<Int64Type>().value(row))
+                            }
+                            DataType::Date32 => {
+                                V::Integer(column.as_primitive::<Date32Type>().value(row).into())
+                            }
+                            DataType::Boolean => V::Integer(column.as_boolean().value(row).into()),
+                            DataType::Float64 => {
+                                V::Real(column.as_primitive::<Float64Type>().value(row))
+                            }
+                            _ => V::Text(column.as_string::<i32>().value(row).to_owned()),
+                        }
+                    })
+                    .collect();
+                insert
+                    .execute(rusqlite::params_from_iter(values))
+                    .expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+        connection
+            .execute_batch("CREATE INDEX customers_key ON customers (key)")
+            .expect("index");
+        let prefixes = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let mut p = serde_json::to_vec(f.name()).expect("serializes");
+                p.push(b':');
+                p
+            })
+            .collect();
+        Sqlite {
+            connection,
+            prefixes,
+        }
+    }
+
+    fn lookup(&self, data: &Map<String, Value>, out: &mut Vec<u8>) -> bool {
+        let Some(key) = data.get("key").and_then(Value::as_str) else {
+            return false;
+        };
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT * FROM customers WHERE key = ?1")
+            .expect("prepare");
+        let mut rows = statement.query([key]).expect("query");
+        let Some(row) = rows.next().expect("step") else {
+            return false;
+        };
+        out.push(b'{');
+        for (i, prefix) in self.prefixes.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(prefix);
+            match row.get_ref(i).expect("column") {
+                ValueRef::Null => out.extend_from_slice(b"null"),
+                ValueRef::Integer(v) => {
+                    let _ = write!(out, "{v}");
+                }
+                ValueRef::Real(v) => {
+                    let _ = serde_json::to_writer(&mut *out, &v);
+                }
+                ValueRef::Text(t) | ValueRef::Blob(t) => {
+                    let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(t));
+                }
+            }
+        }
+        out.push(b'}');
+        true
+    }
+}
+
 fn queries(rows: usize, count: usize) -> Vec<Map<String, Value>> {
     // A fixed stride over the table: deterministic, spread, and every key exists.
     (0..count)
@@ -84,6 +209,14 @@ fn lookups(c: &mut Criterion) {
     let table = Arc::new(customers_table(rows));
     let lookup = Lookup::new(table.clone(), LookupConfig::on_keys(&["key"])).expect("indexes");
     let naive = Naive::new(table.batch().clone());
+    let sqlite = Sqlite::new(table.batch());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime");
+    let datafusion = SessionContext::new();
+    datafusion
+        .register_batch("customers", table.batch().clone())
+        .expect("register the table");
     let queries = queries(rows, 4096);
     let mut out = Vec::with_capacity(1 << 20);
 
@@ -105,6 +238,31 @@ fn lookups(c: &mut Criterion) {
             i = (i + 1) % queries.len();
             out.clear();
             black_box(naive.lookup(&queries[i], &mut out))
+        })
+    });
+    group.bench_function("sqlite_indexed", |b| {
+        b.iter(|| {
+            i = (i + 1) % queries.len();
+            out.clear();
+            black_box(sqlite.lookup(&queries[i], &mut out))
+        })
+    });
+    group.bench_function("datafusion_where_key", |b| {
+        b.iter(|| {
+            i = (i + 1) % queries.len();
+            let key = queries[i]["key"].as_str().expect("string key").to_owned();
+            let batches = runtime.block_on(async {
+                datafusion
+                    .sql("SELECT * FROM customers WHERE key = $1")
+                    .await
+                    .expect("plans")
+                    .with_param_values(vec![ScalarValue::Utf8(Some(key))])
+                    .expect("binds")
+                    .collect()
+                    .await
+                    .expect("runs")
+            });
+            black_box(batches.len())
         })
     });
     group.finish();
@@ -130,6 +288,28 @@ fn lookups(c: &mut Criterion) {
                 naive.lookup(data, &mut out);
             }
             black_box(out.len())
+        })
+    });
+    let keys = arrow_array::StringArray::from_iter_values(
+        batch.iter().map(|d| d["key"].as_str().expect("string key")),
+    );
+    let keys = RecordBatch::try_from_iter([("k", Arc::new(keys) as arrow_array::ArrayRef)])
+        .expect("a key batch");
+    datafusion
+        .register_batch("wanted", keys)
+        .expect("register the keys");
+    group.bench_function("datafusion_join", |b| {
+        b.iter(|| {
+            let batches = runtime.block_on(async {
+                datafusion
+                    .sql("SELECT c.* FROM wanted w JOIN customers c ON c.key = w.k")
+                    .await
+                    .expect("plans")
+                    .collect()
+                    .await
+                    .expect("runs")
+            });
+            black_box(batches.len())
         })
     });
     group.finish();

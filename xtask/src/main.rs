@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::Instant;
 
 /// Crates allowed to depend on DataFusion (the lookup/SQL engine, later the log reader).
+/// Dev-dependencies do not count: the benchmarks compare against DataFusion.
 const DATAFUSION_ALLOWED: &[&str] = &["apinode-lookup"];
 /// Pinned Python requirements of the conformance tests.
 const PYTHON_REQUIREMENTS: &str = "crates/apinode-server/tests/python/requirements.txt";
