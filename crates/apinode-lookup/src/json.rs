@@ -1,6 +1,8 @@
 //! Per-column JSON writers, chosen once per lookup: a row is written straight into the
 //! response buffer, with types preserved (integers stay integers, NULL is `null`, dates are
-//! `YYYY-MM-DD`, timestamps ISO 8601 in UTC).
+//! `YYYY-MM-DD`, timestamps ISO 8601 in UTC). No intermediate `serde_json::Value`, no
+//! allocation per value: integers through `itoa`, floats through `ryu`, strings copied as is
+//! unless they need escaping, dates formatted from the day number by hand.
 
 use crate::error::{Error, Result};
 use arrow_array::cast::AsArray;
@@ -10,13 +12,13 @@ use arrow_array::{
     TimestampMicrosecondArray,
 };
 use arrow_schema::{DataType, TimeUnit};
-use chrono::{DateTime, NaiveDate, TimeDelta};
-use std::io::Write;
+use serde_json::Value;
 
 #[derive(Debug)]
 pub(crate) struct ColumnWriter {
     /// `"name":`, escaped once.
     prefix: Vec<u8>,
+    name: String,
     values: Values,
 }
 
@@ -49,16 +51,23 @@ impl ColumnWriter {
                 });
             }
         };
-        let mut prefix = serde_json::to_vec(output).expect("a string serializes");
+        let mut prefix = Vec::with_capacity(output.len() + 3);
+        write_str(&mut prefix, output);
         prefix.push(b':');
-        Ok(ColumnWriter { prefix, values })
+        Ok(ColumnWriter {
+            prefix,
+            name: output.to_owned(),
+            values,
+        })
     }
 
-    pub(crate) fn output_name(&self) -> &[u8] {
-        &self.prefix[..self.prefix.len() - 1]
+    /// The output name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
     /// Writes `"name":value`; `row` None writes `null`.
+    #[inline]
     pub(crate) fn write(&self, row: Option<usize>, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.prefix);
         match row {
@@ -67,68 +76,206 @@ impl ColumnWriter {
         }
     }
 
+    #[inline]
     fn write_value(&self, row: usize, out: &mut Vec<u8>) {
-        // Writing into a Vec<u8> cannot fail, hence the ignored io results.
         match &self.values {
-            Values::Str(a) if a.is_valid(row) => {
-                let _ = serde_json::to_writer(&mut *out, a.value(row));
-            }
+            Values::Str(a) if a.is_valid(row) => write_str(out, a.value(row)),
             Values::Int(a) if a.is_valid(row) => {
-                let _ = write!(out, "{}", a.value(row));
+                out.extend_from_slice(itoa::Buffer::new().format(a.value(row)).as_bytes());
             }
             Values::Float(a) if a.is_valid(row) && a.value(row).is_finite() => {
-                let _ = serde_json::to_writer(&mut *out, &a.value(row));
+                out.extend_from_slice(ryu::Buffer::new().format_finite(a.value(row)).as_bytes());
             }
             Values::Bool(a) if a.is_valid(row) => {
                 out.extend_from_slice(if a.value(row) { b"true" } else { b"false" });
             }
-            Values::Date(a) if a.is_valid(row) => match format_date(a.value(row)) {
-                Some(date) => {
-                    let _ = write!(out, "\"{date}\"");
-                }
-                None => out.extend_from_slice(b"null"),
-            },
-            Values::Timestamp(a) if a.is_valid(row) => match format_timestamp(a.value(row)) {
-                Some(ts) => {
-                    let _ = write!(out, "\"{ts}\"");
-                }
-                None => out.extend_from_slice(b"null"),
-            },
+            Values::Date(a) if a.is_valid(row) => {
+                out.push(b'"');
+                write_date(out, i64::from(a.value(row)));
+                out.push(b'"');
+            }
+            Values::Timestamp(a) if a.is_valid(row) => {
+                out.push(b'"');
+                write_timestamp(out, a.value(row));
+                out.push(b'"');
+            }
             _ => out.extend_from_slice(b"null"),
+        }
+    }
+
+    /// The value at `row` as a JSON tree (for enrichment, where features are a map).
+    pub(crate) fn value(&self, row: Option<usize>) -> Value {
+        let Some(row) = row else {
+            return Value::Null;
+        };
+        match &self.values {
+            Values::Str(a) if a.is_valid(row) => Value::String(a.value(row).to_owned()),
+            Values::Int(a) if a.is_valid(row) => Value::from(a.value(row)),
+            Values::Float(a) if a.is_valid(row) => {
+                serde_json::Number::from_f64(a.value(row)).map_or(Value::Null, Value::Number)
+            }
+            Values::Bool(a) if a.is_valid(row) => Value::Bool(a.value(row)),
+            Values::Date(a) if a.is_valid(row) => {
+                let mut text = Vec::with_capacity(10);
+                write_date(&mut text, i64::from(a.value(row)));
+                Value::String(String::from_utf8(text).expect("dates are ASCII"))
+            }
+            Values::Timestamp(a) if a.is_valid(row) => {
+                let mut text = Vec::with_capacity(27);
+                write_timestamp(&mut text, a.value(row));
+                Value::String(String::from_utf8(text).expect("timestamps are ASCII"))
+            }
+            _ => Value::Null,
         }
     }
 }
 
-fn format_date(days: i32) -> Option<String> {
-    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1)?;
-    let date = epoch.checked_add_signed(TimeDelta::try_days(i64::from(days))?)?;
-    Some(date.format("%Y-%m-%d").to_string())
+/// A JSON string: copied as is when nothing needs escaping (the common case), else escaped by
+/// serde_json.
+#[inline]
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+    }
 }
 
-fn format_timestamp(micros: i64) -> Option<String> {
-    let t = DateTime::from_timestamp_micros(micros)?;
-    Some(if micros % 1000 == 0 {
-        t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+/// Year, month, day of a day number (days since 1970-01-01), proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097) as u64;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe as i64 + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn push_2(out: &mut Vec<u8>, n: u32) {
+    out.push(b'0' + (n / 10) as u8);
+    out.push(b'0' + (n % 10) as u8);
+}
+
+/// `YYYY-MM-DD`; years outside 0..=9999 as ISO 8601's expanded form (`+12345`, `-0001`).
+pub(crate) fn write_date(out: &mut Vec<u8>, days: i64) {
+    let (year, month, day) = civil_from_days(days);
+    if (0..=9999).contains(&year) {
+        let y = year as u32;
+        push_2(out, y / 100);
+        push_2(out, y % 100);
     } else {
-        t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-    })
+        if year < 0 {
+            out.push(b'-');
+        } else {
+            out.push(b'+');
+        }
+        let digits = itoa::Buffer::new().format(year.unsigned_abs()).to_owned();
+        for _ in digits.len()..4 {
+            out.push(b'0');
+        }
+        out.extend_from_slice(digits.as_bytes());
+    }
+    out.push(b'-');
+    push_2(out, month);
+    out.push(b'-');
+    push_2(out, day);
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`, or with microseconds when they are not whole milliseconds.
+pub(crate) fn write_timestamp(out: &mut Vec<u8>, micros: i64) {
+    const DAY: i64 = 86_400_000_000;
+    write_date(out, micros.div_euclid(DAY));
+    let in_day = micros.rem_euclid(DAY) as u64;
+    let seconds = in_day / 1_000_000;
+    let fraction = (in_day % 1_000_000) as u32;
+    out.push(b'T');
+    push_2(out, (seconds / 3600) as u32);
+    out.push(b':');
+    push_2(out, (seconds / 60 % 60) as u32);
+    out.push(b':');
+    push_2(out, (seconds % 60) as u32);
+    out.push(b'.');
+    if fraction.is_multiple_of(1000) {
+        let millis = fraction / 1000;
+        out.push(b'0' + (millis / 100) as u8);
+        push_2(out, millis % 100);
+    } else {
+        out.push(b'0' + (fraction / 100_000) as u8);
+        push_2(out, fraction / 1000 % 100);
+        push_2(out, fraction / 10 % 100);
+        out.push(b'0' + (fraction % 10) as u8);
+    }
+    out.push(b'Z');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{DateTime, NaiveDate, TimeDelta};
+    use proptest::prelude::*;
+
+    fn date(days: i64) -> String {
+        let mut out = Vec::new();
+        write_date(&mut out, days);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn timestamp(micros: i64) -> String {
+        let mut out = Vec::new();
+        write_timestamp(&mut out, micros);
+        String::from_utf8(out).unwrap()
+    }
 
     #[test]
     fn formats_dates_and_timestamps() {
-        assert_eq!(format_date(0).unwrap(), "1970-01-01");
-        assert_eq!(format_date(-1).unwrap(), "1969-12-31");
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(-1), "1969-12-31");
+        assert_eq!(date(19_782), "2024-02-29");
+        // Years outside 0..=9999 in ISO 8601's expanded form.
+        assert_eq!(date(-719_529), "-0001-12-31");
+        assert_eq!(date(2_932_897), "+10000-01-01");
+        assert_eq!(timestamp(1_500), "1970-01-01T00:00:00.001500Z");
+        assert_eq!(timestamp(86_400_000_000), "1970-01-02T00:00:00.000Z");
+        assert_eq!(timestamp(-1), "1969-12-31T23:59:59.999999Z");
+    }
+
+    #[test]
+    fn strings_are_escaped_only_when_needed() {
+        let mut out = Vec::new();
+        write_str(&mut out, "plain é");
+        write_str(&mut out, "q\"b\\n\n\u{1}");
         assert_eq!(
-            format_timestamp(1_500).unwrap(),
-            "1970-01-01T00:00:00.001500Z"
+            String::from_utf8(out).unwrap(),
+            "\"plain é\"\"q\\\"b\\\\n\\n\\u0001\""
         );
-        assert_eq!(
-            format_timestamp(86_400_000_000).unwrap(),
-            "1970-01-02T00:00:00.000Z"
-        );
+    }
+
+    proptest! {
+        // The hand-written calendar agrees with chrono from year 0 to 9999.
+        #[test]
+        fn dates_agree_with_chrono(days in -719_528i64..2_932_897) {
+            let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+            let expected = epoch + TimeDelta::try_days(days).unwrap();
+            prop_assert_eq!(date(days), expected.format("%Y-%m-%d").to_string());
+        }
+
+        #[test]
+        fn timestamps_agree_with_chrono(micros in -253_402_300_799_000_000i64..253_402_300_799_000_000) {
+            let t = DateTime::from_timestamp_micros(micros).unwrap();
+            let expected = if micros % 1000 == 0 {
+                t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+            } else {
+                t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+            };
+            prop_assert_eq!(timestamp(micros), expected);
+        }
     }
 }

@@ -24,6 +24,7 @@ mod table;
 pub use error::{Error, Result};
 pub use key::KeyType;
 pub use lookup::{
-    IgnoreReason, KeyColumn, Lookup, LookupAction, LookupConfig, Match, OutputColumn,
+    Enriched, Enrichment, IgnoreReason, KeyColumn, Lookup, LookupAction, LookupConfig, Match,
+    OutputColumn,
 };
 pub use table::{MAX_ROWS, Table};

@@ -6,6 +6,7 @@ use crate::json::ColumnWriter;
 use crate::key::{Converted, KeyArray, KeyType, KeyValue, convert};
 use crate::table::Table;
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 /// What to do when a key is missing from the input, matches nothing, or matches several rows.
@@ -93,6 +94,45 @@ pub enum Match {
     Ignored(IgnoreReason),
 }
 
+/// What enrichment did to a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enriched {
+    /// The features were filled (or set to null, with the `null` behaviour).
+    Applied,
+    /// The record is to be answered `ignored: true` with this reason.
+    Ignored(IgnoreReason),
+}
+
+/// Enrichment steps applied in order to a record's features, as prediction endpoints do
+/// before scoring: each step may use features filled by the steps before it.
+#[derive(Debug, Default)]
+pub struct Enrichment {
+    steps: Vec<Lookup>,
+}
+
+impl Enrichment {
+    pub fn new(steps: Vec<Lookup>) -> Enrichment {
+        Enrichment { steps }
+    }
+
+    pub fn steps(&self) -> &[Lookup] {
+        &self.steps
+    }
+
+    /// Applies every step; stops at the first that ignores the record. An error names the
+    /// step (0-based) that failed.
+    pub fn apply(&self, features: &mut Map<String, Value>) -> Result<Enriched, (usize, Error)> {
+        for (i, step) in self.steps.iter().enumerate() {
+            match step.enrich(features) {
+                Ok(Enriched::Applied) => {}
+                Ok(ignored @ Enriched::Ignored(_)) => return Ok(ignored),
+                Err(e) => return Err((i, e)),
+            }
+        }
+        Ok(Enriched::Applied)
+    }
+}
+
 /// A table indexed on key columns, answering lookups.
 #[derive(Debug)]
 pub struct Lookup {
@@ -151,10 +191,7 @@ impl Lookup {
         for column in &columns {
             let array = batch.column(table.column_index(&column.column)?);
             let writer = ColumnWriter::new(table.name(), &column.column, &column.output, array)?;
-            if outputs
-                .iter()
-                .any(|w| w.output_name() == writer.output_name())
-            {
+            if outputs.iter().any(|w| w.name() == writer.name()) {
                 return Err(Error::Config(format!(
                     "output column `{}` is named twice",
                     column.output
@@ -193,7 +230,7 @@ impl Lookup {
     /// Finds the row for a record whose key values are under the configured input names.
     /// A JSON `null` counts as a missing key.
     pub fn find(&self, data: &Map<String, Value>) -> Result<Match> {
-        let mut values: Vec<KeyValue<'_>> = Vec::with_capacity(self.keys.len());
+        let mut values: SmallVec<[KeyValue<'_>; 4]> = SmallVec::new();
         let mut never_matches = false;
         for (input, key_type) in &self.keys {
             match data.get(input) {
@@ -266,10 +303,34 @@ impl Lookup {
         out.push(b'}');
     }
 
-    /// The output columns of `row` as a JSON object value (for callers that need a tree).
+    /// The output columns of `row` as a JSON object value (for callers that need a tree);
+    /// `None` gives every column null.
     pub fn row_to_value(&self, row: Option<usize>) -> Value {
-        let mut buf = Vec::with_capacity(64 * self.outputs.len());
-        self.write_row(row, &mut buf);
-        serde_json::from_slice(&buf).expect("the row writer writes valid JSON")
+        Value::Object(
+            self.outputs
+                .iter()
+                .map(|w| (w.name().to_owned(), w.value(row)))
+                .collect(),
+        )
+    }
+
+    /// Names of the output columns, in output order.
+    pub fn output_names(&self) -> impl Iterator<Item = &str> {
+        self.outputs.iter().map(|w| w.name())
+    }
+
+    /// Enriches a record: finds its row (key values are read from `features` under the
+    /// configured input names) and sets each output column as a feature, overriding a feature
+    /// of the same name. With the `null` behaviour the output features are set to null.
+    pub fn enrich(&self, features: &mut Map<String, Value>) -> Result<Enriched> {
+        let row = match self.find(features)? {
+            Match::Row(row) => Some(row),
+            Match::Nulls => None,
+            Match::Ignored(reason) => return Ok(Enriched::Ignored(reason)),
+        };
+        for writer in &self.outputs {
+            features.insert(writer.name().to_owned(), writer.value(row));
+        }
+        Ok(Enriched::Applied)
     }
 }

@@ -418,3 +418,141 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn enrichment_fills_and_overrides_features_in_order() {
+    use apinode_lookup::{Enriched, Enrichment};
+    // Step 1: by id, copy the email and the city (overriding a stale city).
+    let mut by_id = LookupConfig::on_keys(&["id"]);
+    by_id.columns = vec![
+        OutputColumn {
+            column: "email".into(),
+            output: "email".into(),
+        },
+        OutputColumn {
+            column: "city".into(),
+            output: "city".into(),
+        },
+    ];
+    // Step 2: by the email the first step filled, copy the score.
+    let mut by_email = LookupConfig::on_keys(&["email"]);
+    by_email.columns = vec![OutputColumn {
+        column: "score".into(),
+        output: "score".into(),
+    }];
+    by_email.on_no_match = LookupAction::Null;
+    let enrichment = Enrichment::new(vec![
+        Lookup::new(customers(), by_id).unwrap(),
+        Lookup::new(customers(), by_email).unwrap(),
+    ]);
+
+    let mut features = data(json!({"id": 2, "city": "stale", "basket": 3}));
+    assert_eq!(enrichment.apply(&mut features).unwrap(), Enriched::Applied);
+    assert_eq!(
+        Value::Object(features),
+        json!({"id": 2, "city": "Lyon", "basket": 3, "email": "b@x.io", "score": 2.0})
+    );
+
+    // No match on the first step: ignored, with the reason.
+    let mut features = data(json!({"id": 42}));
+    assert_eq!(
+        enrichment.apply(&mut features).unwrap(),
+        Enriched::Ignored(IgnoreReason::NoMatch)
+    );
+    // A missing key fails and names the step.
+    let mut features = data(json!({}));
+    let (step, err) = enrichment.apply(&mut features).unwrap_err();
+    assert_eq!(step, 0);
+    assert!(matches!(err, Error::MissingKey { .. }));
+}
+
+mod serializer {
+    //! The fast row writer against the straightforward one: build a `serde_json::Value` per
+    //! value with chrono for dates, on random tables.
+    use super::*;
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Date32Type, Float64Type, Int64Type, TimestampMicrosecondType};
+    use proptest::prelude::*;
+
+    fn straightforward(batch: &RecordBatch, row: usize) -> Value {
+        let mut object = Map::new();
+        for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+            let value = if column.is_null(row) {
+                Value::Null
+            } else {
+                match column.data_type() {
+                    arrow_schema::DataType::Utf8 => json!(column.as_string::<i32>().value(row)),
+                    arrow_schema::DataType::Int64 => {
+                        json!(column.as_primitive::<Int64Type>().value(row))
+                    }
+                    arrow_schema::DataType::Float64 => {
+                        let f = column.as_primitive::<Float64Type>().value(row);
+                        if f.is_finite() { json!(f) } else { Value::Null }
+                    }
+                    arrow_schema::DataType::Boolean => json!(column.as_boolean().value(row)),
+                    arrow_schema::DataType::Date32 => {
+                        let days = column.as_primitive::<Date32Type>().value(row);
+                        let date = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()
+                            + chrono::TimeDelta::try_days(days.into()).unwrap();
+                        json!(date.format("%Y-%m-%d").to_string())
+                    }
+                    _ => {
+                        let micros = column.as_primitive::<TimestampMicrosecondType>().value(row);
+                        let t = chrono::DateTime::from_timestamp_micros(micros).unwrap();
+                        let format = if micros % 1000 == 0 {
+                            "%Y-%m-%dT%H:%M:%S%.3fZ"
+                        } else {
+                            "%Y-%m-%dT%H:%M:%S%.6fZ"
+                        };
+                        json!(t.format(format).to_string())
+                    }
+                }
+            };
+            object.insert(field.name().clone(), value);
+        }
+        Value::Object(object)
+    }
+
+    prop_compose! {
+        fn table()(rows in proptest::collection::vec((
+            proptest::option::of(any::<String>()),
+            proptest::option::of(any::<i64>()),
+            proptest::option::of(prop_oneof![any::<f64>(), Just(f64::NAN), Just(f64::INFINITY), Just(-0.0)]),
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(-719_528i32..2_932_896),
+            proptest::option::of(-62_135_596_800_000_000i64..253_402_300_799_000_000),
+        ), 1..40)) -> RecordBatch {
+            let (s, i, f, b, d, t): (Vec<_>, Vec<_>, Vec<_>, Vec<_>, Vec<_>, Vec<_>) =
+                rows.into_iter().fold(Default::default(), |mut acc, r| {
+                    acc.0.push(r.0); acc.1.push(r.1); acc.2.push(r.2); acc.3.push(r.3); acc.4.push(r.4); acc.5.push(r.5);
+                    acc
+                });
+            let n = i.len() as i64;
+            RecordBatch::try_from_iter([
+                ("row", Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef),
+                ("s \"quoted\"", Arc::new(StringArray::from(s))),
+                ("i", Arc::new(Int64Array::from(i))),
+                ("f", Arc::new(Float64Array::from(f))),
+                ("b", Arc::new(BooleanArray::from(b))),
+                ("d", Arc::new(Date32Array::from(d))),
+                ("t", Arc::new(TimestampMicrosecondArray::from(t).with_timezone("UTC"))),
+            ]).unwrap()
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn fast_writer_equals_straightforward(batch in table()) {
+            let table = Arc::new(Table::from_batch("t", batch.clone()).unwrap());
+            let lookup = Lookup::new(table, LookupConfig::on_keys(&["row"])).unwrap();
+            for row in 0..batch.num_rows() {
+                let mut out = Vec::new();
+                lookup.write_row(Some(row), &mut out);
+                let fast: Value = serde_json::from_slice(&out).expect("valid JSON");
+                prop_assert_eq!(&fast, &straightforward(&batch, row));
+                prop_assert_eq!(lookup.row_to_value(Some(row)), fast);
+            }
+        }
+    }
+}
