@@ -242,3 +242,58 @@ impl ServiceAuth {
         }
     }
 }
+
+/// Memory a bundle's lookups take once loaded, as a node would hold them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// Per bundled dataset used by a lookup: (name, rows, Arrow bytes).
+    pub tables: Vec<(String, usize, usize)>,
+    /// Per lookup (an endpoint's lookup, or `endpoint/enrich[i]`): (name, distinct keys, index bytes).
+    pub indexes: Vec<(String, usize, usize)>,
+}
+
+/// Loads and indexes every lookup of a bundle (endpoints and enrichment steps) and reports
+/// the memory it takes, without serving it.
+pub fn memory_report(bundle: &Bundle) -> Result<MemoryReport> {
+    let generation = &bundle.manifest().version;
+    let unservable = |message: String| Error::Unservable {
+        generation: generation.clone(),
+        message,
+    };
+    let mut tables: HashMap<String, Arc<Table>> = HashMap::new();
+    let mut report = MemoryReport {
+        tables: Vec::new(),
+        indexes: Vec::new(),
+    };
+    for endpoint in &bundle.manifest().endpoints {
+        let lookups = endpoint
+            .lookup
+            .iter()
+            .map(|l| (endpoint.id.clone(), l))
+            .chain(
+                endpoint
+                    .enrich
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (format!("{}/enrich[{i}]", endpoint.id), l)),
+            );
+        for (name, spec) in lookups {
+            let known = tables.contains_key(&spec.dataset);
+            let table = table_for(bundle, &mut tables, &spec.dataset)
+                .map_err(|m| unservable(format!("{name}: {m}")))?;
+            if !known {
+                report.tables.push((
+                    spec.dataset.clone(),
+                    table.num_rows(),
+                    table.resident_bytes(),
+                ));
+            }
+            let lookup = Lookup::new(table, lookup_config(spec))
+                .map_err(|e| unservable(format!("{name}: {e}")))?;
+            report
+                .indexes
+                .push((name, lookup.distinct_keys(), lookup.index_bytes()));
+        }
+    }
+    Ok(report)
+}

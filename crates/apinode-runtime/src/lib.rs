@@ -22,7 +22,7 @@ mod state;
 
 pub use admin_keys::AdminKeyInfo;
 pub use error::{Error, Result};
-pub use generation::{Credentials, SERVED_KINDS};
+pub use generation::{Credentials, MemoryReport, SERVED_KINDS, memory_report};
 pub use metrics::{EndpointMetrics, Metrics, ServiceMetrics};
 pub use runtime::{
     Action, CallRequest, CallResponse, Dispatch, GenerationInfo, GenerationsView, LookupItem,

@@ -35,6 +35,9 @@ pub(crate) fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
     }
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     print!("{}", describe(&bundle, file, size));
+    let memory = apinode_runtime::memory_report(&bundle)
+        .context("cannot load the bundle's lookups to measure them")?;
+    print!("{}", describe_memory(&memory));
     Ok(())
 }
 
@@ -119,6 +122,32 @@ fn describe(bundle: &Bundle, file: &Path, size: u64) -> String {
             f.path,
             human_bytes(f.size),
             f.sha256
+        );
+    }
+    out
+}
+
+fn describe_memory(memory: &apinode_runtime::MemoryReport) -> String {
+    let mut out = String::new();
+    if memory.tables.is_empty() {
+        return out;
+    }
+    let per = |bytes: usize, n: usize| if n == 0 { 0.0 } else { bytes as f64 / n as f64 };
+    let _ = writeln!(out, "memory once loaded (as a node holds it)");
+    for (name, rows, bytes) in &memory.tables {
+        let _ = writeln!(
+            out,
+            "  table {name:<24} {:>10}  {:.1} B/row",
+            human_bytes(*bytes as u64),
+            per(*bytes, *rows)
+        );
+    }
+    for (name, keys, bytes) in &memory.indexes {
+        let _ = writeln!(
+            out,
+            "  index {name:<24} {:>10}  {:.1} B/key, {keys} keys",
+            human_bytes(*bytes as u64),
+            per(*bytes, *keys)
         );
     }
     out
