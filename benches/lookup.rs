@@ -281,6 +281,18 @@ fn lookups(c: &mut Criterion) {
             black_box(out.len())
         })
     });
+    let refs: Vec<&Map<String, Value>> = batch.iter().collect();
+    group.bench_function("apinode_find_batch", |b| {
+        b.iter(|| {
+            out.clear();
+            for found in lookup.find_batch(&refs).expect("valid keys") {
+                if let Match::Row(row) = found {
+                    lookup.write_row(Some(row), &mut out);
+                }
+            }
+            black_box(out.len())
+        })
+    });
     group.bench_function("naive_hashmap_json_tree", |b| {
         b.iter(|| {
             out.clear();

@@ -67,16 +67,28 @@ impl KeyIndex {
         }
     }
 
-    /// The rows whose key equals `values` (one value per key column), in table order.
+    /// The hash of a key given as values (one per key column).
     #[inline]
-    pub(crate) fn probe(&self, values: &[KeyValue<'_>]) -> Matches<'_> {
+    pub(crate) fn hash_values(&self, values: &[KeyValue<'_>]) -> u64 {
         let mut hasher = self.state.build_hasher();
         for value in values {
             hash_value(value, &mut hasher);
         }
+        hasher.finish()
+    }
+
+    /// The rows whose key equals `values` (one value per key column), in table order.
+    #[inline]
+    pub(crate) fn probe(&self, values: &[KeyValue<'_>]) -> Matches<'_> {
+        self.probe_hashed(self.hash_values(values), values)
+    }
+
+    /// [`Self::probe`] with the hash already computed.
+    #[inline]
+    pub(crate) fn probe_hashed(&self, hash: u64, values: &[KeyValue<'_>]) -> Matches<'_> {
         let head = self
             .heads
-            .find(hasher.finish(), |&head| {
+            .find(hash, |&head| {
                 self.keys
                     .iter()
                     .zip(values)

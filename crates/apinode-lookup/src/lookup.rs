@@ -94,6 +94,15 @@ pub enum Match {
     Ignored(IgnoreReason),
 }
 
+/// A record's key, ready to probe.
+enum Key<'a> {
+    Values(SmallVec<[KeyValue<'a>; 4]>),
+    /// A key that cannot match anything (NaN).
+    NeverMatches,
+    /// A missing key already decided the answer.
+    Decided(Match),
+}
+
 /// What enrichment did to a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enriched {
@@ -230,24 +239,87 @@ impl Lookup {
     /// Finds the row for a record whose key values are under the configured input names.
     /// A JSON `null` counts as a missing key.
     pub fn find(&self, data: &Map<String, Value>) -> Result<Match> {
-        let mut values: SmallVec<[KeyValue<'_>; 4]> = SmallVec::new();
+        match self.key_of(data)? {
+            Key::Values(values) => {
+                let rows = self.index.probe(&values);
+                self.decide(data, rows)
+            }
+            Key::Decided(decided) => Ok(decided),
+            Key::NeverMatches => self.decide(data, std::iter::empty()),
+        }
+    }
+
+    /// Finds the rows of many records: converts and hashes every key first, then probes, so
+    /// the probes' cache misses overlap instead of following one another. Same answers as
+    /// [`Lookup::find`] on each record; an error comes with the index of its record.
+    pub fn find_batch(
+        &self,
+        records: &[&Map<String, Value>],
+    ) -> std::result::Result<Vec<Match>, (usize, Error)> {
+        let mut keys = Vec::with_capacity(records.len());
+        // A key error stops the conversion; the records before it are still probed first, so
+        // the error reported is the first in record order, as one-by-one lookups would give.
+        let mut pending = None;
+        for (i, data) in records.iter().enumerate() {
+            match self.key_of(data) {
+                Ok(key) => {
+                    let hash = match &key {
+                        Key::Values(values) => self.index.hash_values(values),
+                        _ => 0,
+                    };
+                    keys.push((hash, key));
+                }
+                Err(e) => {
+                    pending = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let mut matches = Vec::with_capacity(records.len());
+        for (i, (hash, key)) in keys.iter().enumerate() {
+            let found = match key {
+                Key::Values(values) => {
+                    self.decide(records[i], self.index.probe_hashed(*hash, values))
+                }
+                Key::Decided(decided) => Ok(*decided),
+                Key::NeverMatches => self.decide(records[i], std::iter::empty()),
+            };
+            matches.push(found.map_err(|e| (i, e))?);
+        }
+        match pending {
+            Some(error) => Err(error),
+            None => Ok(matches),
+        }
+    }
+
+    /// A record's key converted to the key columns' types, or the answer already decided by
+    /// a missing key.
+    fn key_of<'a>(&self, data: &'a Map<String, Value>) -> Result<Key<'a>> {
+        let mut values: SmallVec<[KeyValue<'a>; 4]> = SmallVec::new();
         let mut never_matches = false;
         for (input, key_type) in &self.keys {
             match data.get(input) {
-                None | Some(Value::Null) => return self.on_missing_key(input),
+                None | Some(Value::Null) => return self.on_missing_key(input).map(Key::Decided),
                 Some(value) => match convert(input, *key_type, value)? {
                     Converted::Value(v) => values.push(v),
                     Converted::NeverMatches => never_matches = true,
                 },
             }
         }
-        let mut rows = if never_matches {
-            None
+        Ok(if never_matches {
+            Key::NeverMatches
         } else {
-            Some(self.index.probe(&values))
-        };
-        let first = rows.as_mut().and_then(Iterator::next);
-        let Some(first) = first else {
+            Key::Values(values)
+        })
+    }
+
+    /// Applies the no-match and several-matches behaviours to the rows found.
+    fn decide(
+        &self,
+        data: &Map<String, Value>,
+        mut rows: impl Iterator<Item = usize>,
+    ) -> Result<Match> {
+        let Some(first) = rows.next() else {
             return match self.config.on_no_match {
                 LookupAction::Fail => Err(Error::NoMatch {
                     dataset: self.table.name().to_owned(),
@@ -257,7 +329,6 @@ impl Lookup {
                 LookupAction::Null | LookupAction::First => Ok(Match::Nulls),
             };
         };
-        let mut rows = rows.expect("a first row came from the iterator");
         if rows.next().is_none() {
             return Ok(Match::Row(first));
         }

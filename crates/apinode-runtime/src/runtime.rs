@@ -820,9 +820,11 @@ fn lookup_single(lookup: &apinode_lookup::Lookup, body: &Value) -> Result<Output
             location: "data".into(),
             message: "required: an object with the lookup keys".into(),
         })?;
-    let mut out = LookupOutput::default();
-    let item = lookup_one(lookup, data, &mut out.buffer)
+    let found = lookup
+        .find(data)
         .map_err(|source| Error::Lookup { item: None, source })?;
+    let mut out = LookupOutput::default();
+    let item = write_match(lookup, found, &mut out.buffer);
     out.items.push(item);
     Ok(Output::Lookup(out))
 }
@@ -835,44 +837,45 @@ fn lookup_multi(lookup: &apinode_lookup::Lookup, body: &Value) -> Result<Output>
             location: "items".into(),
             message: "required: an array of {\"data\": {...}} objects".into(),
         })?;
+    let mut records = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        records.push(item.get("data").and_then(Value::as_object).ok_or_else(|| {
+            Error::InvalidQuery {
+                location: format!("items[{i}].data"),
+                message: "required: an object with the lookup keys".into(),
+            }
+        })?);
+    }
+    let matches = lookup
+        .find_batch(&records)
+        .map_err(|(i, source)| Error::Lookup {
+            item: Some(i),
+            source,
+        })?;
     let mut out = LookupOutput {
         buffer: Vec::with_capacity(items.len() * 128),
         items: Vec::with_capacity(items.len()),
     };
-    for (i, item) in items.iter().enumerate() {
-        let data =
-            item.get("data")
-                .and_then(Value::as_object)
-                .ok_or_else(|| Error::InvalidQuery {
-                    location: format!("items[{i}].data"),
-                    message: "required: an object with the lookup keys".into(),
-                })?;
-        let result = lookup_one(lookup, data, &mut out.buffer).map_err(|source| Error::Lookup {
-            item: Some(i),
-            source,
-        })?;
-        out.items.push(result);
+    for found in matches {
+        let item = write_match(lookup, found, &mut out.buffer);
+        out.items.push(item);
     }
     Ok(Output::Lookup(out))
 }
 
-fn lookup_one(
-    lookup: &apinode_lookup::Lookup,
-    data: &serde_json::Map<String, Value>,
-    buffer: &mut Vec<u8>,
-) -> std::result::Result<LookupItem, apinode_lookup::Error> {
-    let row = match lookup.find(data)? {
+fn write_match(lookup: &apinode_lookup::Lookup, found: Match, buffer: &mut Vec<u8>) -> LookupItem {
+    let row = match found {
         Match::Row(row) => Some(row),
         Match::Nulls => None,
         Match::Ignored(reason) => {
-            return Ok(LookupItem::Ignored {
+            return LookupItem::Ignored {
                 reason: reason.as_str(),
-            });
+            };
         }
     };
     let start = buffer.len();
     lookup.write_row(row, buffer);
-    Ok(LookupItem::Data(start..buffer.len()))
+    LookupItem::Data(start..buffer.len())
 }
 
 fn load_archive(

@@ -399,6 +399,35 @@ mod properties {
     use proptest::prelude::*;
 
     proptest! {
+        // A batch answers exactly what one-by-one lookups answer, errors included.
+        #[test]
+        fn batch_agrees_with_single(
+            keys in proptest::collection::vec(proptest::option::of(0i64..10), 1..100),
+            probes in proptest::collection::vec(proptest::option::of(0i64..12), 1..50),
+            several in prop_oneof![Just(LookupAction::First), Just(LookupAction::Ignore), Just(LookupAction::Fail)],
+            missing in prop_oneof![Just(LookupAction::Null), Just(LookupAction::Ignore), Just(LookupAction::Fail)],
+        ) {
+            let batch = RecordBatch::try_from_iter([
+                ("k", Arc::new(Int64Array::from(keys)) as ArrayRef),
+            ]).unwrap();
+            let mut config = LookupConfig::on_keys(&["k"]);
+            config.on_multiple_matches = several;
+            config.on_missing_key = missing;
+            let lookup = Lookup::new(Arc::new(Table::from_batch("t", batch).unwrap()), config).unwrap();
+            let records: Vec<Map<String, Value>> = probes
+                .iter()
+                .map(|p| data(p.map_or(json!({}), |k| json!({"k": k}))))
+                .collect();
+            let refs: Vec<&Map<String, Value>> = records.iter().collect();
+            let single: Result<Vec<Match>, (usize, String)> = records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| lookup.find(r).map_err(|e| (i, e.to_string())))
+                .collect();
+            let batched = lookup.find_batch(&refs).map_err(|(i, e)| (i, e.to_string()));
+            prop_assert_eq!(batched, single);
+        }
+
         // The index agrees with a linear scan for any table of small keys.
         #[test]
         fn index_agrees_with_scan(keys in proptest::collection::vec(proptest::option::of(0i64..20), 0..200), probe in 0i64..25) {
