@@ -26,9 +26,12 @@ impl Table {
             dataset: name.to_owned(),
             source,
         };
-        let reader = ParquetRecordBatchReaderBuilder::try_new(data)
-            .map_err(parquet_err)?
-            .with_batch_size(64 * 1024)
+        let builder = ParquetRecordBatchReaderBuilder::try_new(data).map_err(parquet_err)?;
+        // One batch for the whole file: the rows are decoded straight into their final
+        // arrays, with no concatenation copy afterwards.
+        let rows = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+        let reader = builder
+            .with_batch_size(rows.max(1))
             .build()
             .map_err(parquet_err)?;
         let schema = arrow_array::RecordBatchReader::schema(&reader);
@@ -39,12 +42,16 @@ impl Table {
                 source,
             })?);
         }
-        let batch = arrow_select::concat::concat_batches(&schema, &batches).map_err(|source| {
-            Error::Arrow {
-                dataset: name.to_owned(),
-                source,
-            }
-        })?;
+        let batch = if batches.len() == 1 {
+            batches.remove(0)
+        } else {
+            arrow_select::concat::concat_batches(&schema, &batches).map_err(|source| {
+                Error::Arrow {
+                    dataset: name.to_owned(),
+                    source,
+                }
+            })?
+        };
         Table::from_batch(name, batch)
     }
 
