@@ -5,7 +5,8 @@
 //! - `lint`: clippy with `-D warnings`, plus the architecture rules (only `apinode-lookup`
 //!   may depend on DataFusion; libraries don't use anyhow; every crate root has `//!` docs).
 //! - `fmt`: `cargo fmt --all`.
-//! - `bench [NAME]`: the criterion benchmarks in `benches/` (all, or one by name), in release.
+//! - `bench [NAME]`: the benchmarks in `benches/` (all, or one by name: `lookup`, `http`), in
+//!   release, after building the release `apinode` binary the HTTP benchmark serves with.
 
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
@@ -29,6 +30,8 @@ fn main() -> anyhow::Result<()> {
         "lint" => lint(&root),
         "fmt" => run(cargo().args(["fmt", "--all"])),
         "bench" => {
+            // The HTTP benchmark drives the release `apinode` binary: build it first.
+            run(cargo().args(["build", "--release", "--locked", "-p", "apinode-server"]))?;
             let mut command = cargo();
             command.args(["bench", "--locked", "-p", "apinode-benches"]);
             if let Some(name) = std::env::args().nth(2) {
