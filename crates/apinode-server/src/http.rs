@@ -57,6 +57,7 @@ pub(crate) fn app(
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::map_response(version_headers))
         .with_state(state);
     MapRequestLayer::new(normalize_path).layer(router)
@@ -77,6 +78,54 @@ async fn is_alive(State(state): State<AppState>) -> Response {
             .into_response();
     }
     (StatusCode::OK, "OK").into_response()
+}
+
+/// Errors produced by axum itself (a body over the limit, a wrong method, an unreadable body)
+/// come as plain text; give them the protocol's JSON error shape like every other error.
+async fn json_errors(request: Request, next: axum::middleware::Next) -> Response {
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let (error_type, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "MethodNotAllowed",
+            format!("method {method} is not allowed on {}", uri.path()),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "PayloadTooLarge",
+            format!(
+                "the request body is larger than {} accepts ({text})",
+                uri.path()
+            ),
+        ),
+        _ if text.is_empty() => (
+            "HttpError",
+            status.canonical_reason().unwrap_or("error").to_owned(),
+        ),
+        StatusCode::NOT_FOUND => ("NotFound", text),
+        _ if status.is_client_error() => ("BadRequest", text),
+        _ => ("InternalError", text),
+    };
+    let mut json = ApiError::new(status, error_type, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
 }
 
 async fn unknown_route(uri: Uri) -> ApiError {
