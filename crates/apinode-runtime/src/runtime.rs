@@ -823,7 +823,10 @@ fn lookup_single(lookup: &apinode_lookup::Lookup, body: &Value) -> Result<Output
     let found = lookup
         .find(data)
         .map_err(|source| Error::Lookup { item: None, source })?;
-    let mut out = LookupOutput::default();
+    let mut out = LookupOutput {
+        buffer: Vec::with_capacity(512),
+        items: Vec::with_capacity(1),
+    };
     let item = write_match(lookup, found, &mut out.buffer);
     out.items.push(item);
     Ok(Output::Lookup(out))

@@ -94,7 +94,9 @@ fn write_response(
     response: &CallResponse,
     start: Instant,
 ) -> Response {
-    let mut out = Vec::with_capacity(256);
+    let mut out = Vec::with_capacity(match &response.output {
+        Output::Lookup(lookup) => lookup.buffer.len() + 64 * lookup.items.len() + 192,
+    });
     match &response.output {
         Output::Lookup(lookup) => {
             out.extend_from_slice(b"{\"results\":[");
@@ -121,14 +123,14 @@ fn write_response(
             );
         }
     }
-    out.extend_from_slice(b",\"apiContext\":");
-    let api_context = serde_json::json!({
-        "serviceId": service,
-        "endpointId": endpoint,
-        "serviceGeneration": &*response.generation,
-    });
-    let _ = serde_json::to_writer(&mut out, &api_context);
-    out.push(b'}');
+    // Written field by field: no JSON tree per request.
+    out.extend_from_slice(b",\"apiContext\":{\"serviceId\":");
+    let _ = serde_json::to_writer(&mut out, service);
+    out.extend_from_slice(b",\"endpointId\":");
+    let _ = serde_json::to_writer(&mut out, endpoint);
+    out.extend_from_slice(b",\"serviceGeneration\":");
+    let _ = serde_json::to_writer(&mut out, &*response.generation);
+    out.extend_from_slice(b"}}");
     let mut http = (StatusCode::OK, out).into_response();
     http.headers_mut().insert(
         header::CONTENT_TYPE,
