@@ -4,7 +4,7 @@
 //! arrays, and hashbrown's control bytes (7 bits of the hash) make a wasted comparison rare.
 //! About 5-6 bytes per distinct key, plus 4 bytes per row with duplicates.
 
-use crate::key::{KeyArray, KeyValue, hash_value};
+use crate::key::{KeyValue, TypedColumn, hash_value};
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 use std::hash::{BuildHasher, Hasher};
@@ -13,7 +13,7 @@ const NONE: u32 = u32::MAX;
 
 #[derive(Debug)]
 pub(crate) struct KeyIndex {
-    keys: Vec<KeyArray>,
+    keys: Vec<TypedColumn>,
     /// First row (in table order) of each distinct key.
     heads: HashTable<u32>,
     /// `next[row]`: the next row with the same key as `row`; empty when keys are unique.
@@ -21,7 +21,7 @@ pub(crate) struct KeyIndex {
     state: FixedState,
 }
 
-fn hash_row(keys: &[KeyArray], state: &FixedState, row: usize) -> u64 {
+fn hash_row(keys: &[TypedColumn], state: &FixedState, row: usize) -> u64 {
     let mut hasher = state.build_hasher();
     for key in keys {
         key.hash_row(row, &mut hasher);
@@ -30,7 +30,7 @@ fn hash_row(keys: &[KeyArray], state: &FixedState, row: usize) -> u64 {
 }
 
 impl KeyIndex {
-    pub(crate) fn build(keys: Vec<KeyArray>, rows: usize) -> KeyIndex {
+    pub(crate) fn build(keys: Vec<TypedColumn>, rows: usize) -> KeyIndex {
         let state = FixedState::with_seed(0x9e37_79b9_7f4a_7c15);
         let mut heads: HashTable<u32> = HashTable::with_capacity(rows);
         let mut next: Vec<u32> = Vec::new();

@@ -5,13 +5,8 @@
 //! unless they need escaping, dates formatted from the day number by hand.
 
 use crate::error::{Error, Result};
-use arrow_array::cast::AsArray;
-use arrow_array::types::{Date32Type, Float64Type, Int64Type, TimestampMicrosecondType};
-use arrow_array::{
-    Array, ArrayRef, BooleanArray, Date32Array, Float64Array, Int64Array, StringArray,
-    TimestampMicrosecondArray,
-};
-use arrow_schema::{DataType, TimeUnit};
+use crate::key::TypedColumn;
+use arrow_array::{Array, ArrayRef};
 use serde_json::Value;
 
 #[derive(Debug)]
@@ -19,38 +14,16 @@ pub(crate) struct ColumnWriter {
     /// `"name":`, escaped once.
     prefix: Vec<u8>,
     name: String,
-    values: Values,
-}
-
-#[derive(Debug)]
-enum Values {
-    Str(StringArray),
-    Int(Int64Array),
-    Float(Float64Array),
-    Bool(BooleanArray),
-    Date(Date32Array),
-    Timestamp(TimestampMicrosecondArray),
+    values: TypedColumn,
 }
 
 impl ColumnWriter {
     pub(crate) fn new(dataset: &str, column: &str, output: &str, array: &ArrayRef) -> Result<Self> {
-        let values = match array.data_type() {
-            DataType::Utf8 => Values::Str(array.as_string::<i32>().clone()),
-            DataType::Int64 => Values::Int(array.as_primitive::<Int64Type>().clone()),
-            DataType::Float64 => Values::Float(array.as_primitive::<Float64Type>().clone()),
-            DataType::Boolean => Values::Bool(array.as_boolean().clone()),
-            DataType::Date32 => Values::Date(array.as_primitive::<Date32Type>().clone()),
-            DataType::Timestamp(TimeUnit::Microsecond, _) => {
-                Values::Timestamp(array.as_primitive::<TimestampMicrosecondType>().clone())
-            }
-            other => {
-                return Err(Error::UnsupportedType {
-                    dataset: dataset.to_owned(),
-                    column: column.to_owned(),
-                    data_type: other.to_string(),
-                });
-            }
-        };
+        let values = TypedColumn::new(array).ok_or_else(|| Error::UnsupportedType {
+            dataset: dataset.to_owned(),
+            column: column.to_owned(),
+            data_type: array.data_type().to_string(),
+        })?;
         let mut prefix = Vec::with_capacity(output.len() + 3);
         write_str(&mut prefix, output);
         prefix.push(b':');
@@ -82,37 +55,37 @@ impl ColumnWriter {
     #[inline]
     pub(crate) fn touch(&self, row: usize) -> u64 {
         match &self.values {
-            Values::Str(a) => {
+            TypedColumn::Str(a) => {
                 let value = a.value(row);
                 value.len() as u64 + u64::from(value.as_bytes().first().copied().unwrap_or(0))
             }
-            Values::Int(a) => a.value(row) as u64,
-            Values::Float(a) => a.value(row).to_bits(),
-            Values::Bool(a) => u64::from(a.value(row)),
-            Values::Date(a) => a.value(row) as u64,
-            Values::Timestamp(a) => a.value(row) as u64,
+            TypedColumn::Int(a) => a.value(row) as u64,
+            TypedColumn::Float(a) => a.value(row).to_bits(),
+            TypedColumn::Bool(a) => u64::from(a.value(row)),
+            TypedColumn::Date(a) => a.value(row) as u64,
+            TypedColumn::Timestamp(a) => a.value(row) as u64,
         }
     }
 
     #[inline]
     fn write_value(&self, row: usize, out: &mut Vec<u8>) {
         match &self.values {
-            Values::Str(a) if a.is_valid(row) => write_str(out, a.value(row)),
-            Values::Int(a) if a.is_valid(row) => {
+            TypedColumn::Str(a) if a.is_valid(row) => write_str(out, a.value(row)),
+            TypedColumn::Int(a) if a.is_valid(row) => {
                 out.extend_from_slice(itoa::Buffer::new().format(a.value(row)).as_bytes());
             }
-            Values::Float(a) if a.is_valid(row) && a.value(row).is_finite() => {
+            TypedColumn::Float(a) if a.is_valid(row) && a.value(row).is_finite() => {
                 out.extend_from_slice(ryu::Buffer::new().format_finite(a.value(row)).as_bytes());
             }
-            Values::Bool(a) if a.is_valid(row) => {
+            TypedColumn::Bool(a) if a.is_valid(row) => {
                 out.extend_from_slice(if a.value(row) { b"true" } else { b"false" });
             }
-            Values::Date(a) if a.is_valid(row) => {
+            TypedColumn::Date(a) if a.is_valid(row) => {
                 out.push(b'"');
                 write_date(out, i64::from(a.value(row)));
                 out.push(b'"');
             }
-            Values::Timestamp(a) if a.is_valid(row) => {
+            TypedColumn::Timestamp(a) if a.is_valid(row) => {
                 out.push(b'"');
                 write_timestamp(out, a.value(row));
                 out.push(b'"');
@@ -127,18 +100,18 @@ impl ColumnWriter {
             return Value::Null;
         };
         match &self.values {
-            Values::Str(a) if a.is_valid(row) => Value::String(a.value(row).to_owned()),
-            Values::Int(a) if a.is_valid(row) => Value::from(a.value(row)),
-            Values::Float(a) if a.is_valid(row) => {
+            TypedColumn::Str(a) if a.is_valid(row) => Value::String(a.value(row).to_owned()),
+            TypedColumn::Int(a) if a.is_valid(row) => Value::from(a.value(row)),
+            TypedColumn::Float(a) if a.is_valid(row) => {
                 serde_json::Number::from_f64(a.value(row)).map_or(Value::Null, Value::Number)
             }
-            Values::Bool(a) if a.is_valid(row) => Value::Bool(a.value(row)),
-            Values::Date(a) if a.is_valid(row) => {
+            TypedColumn::Bool(a) if a.is_valid(row) => Value::Bool(a.value(row)),
+            TypedColumn::Date(a) if a.is_valid(row) => {
                 let mut text = Vec::with_capacity(10);
                 write_date(&mut text, i64::from(a.value(row)));
                 Value::String(String::from_utf8(text).expect("dates are ASCII"))
             }
-            Values::Timestamp(a) if a.is_valid(row) => {
+            TypedColumn::Timestamp(a) if a.is_valid(row) => {
                 let mut text = Vec::with_capacity(27);
                 write_timestamp(&mut text, a.value(row));
                 Value::String(String::from_utf8(text).expect("timestamps are ASCII"))

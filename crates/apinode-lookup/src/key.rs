@@ -155,9 +155,10 @@ pub(crate) fn parse_timestamp(s: &str) -> Option<i64> {
     days.checked_mul(86_400_000_000)
 }
 
-/// A key column of a table, downcast once.
+/// A column of one of the types lookups support, downcast once: key columns and output
+/// columns alike.
 #[derive(Debug, Clone)]
-pub(crate) enum KeyArray {
+pub(crate) enum TypedColumn {
     Str(StringArray),
     Int(Int64Array),
     Float(Float64Array),
@@ -166,73 +167,75 @@ pub(crate) enum KeyArray {
     Timestamp(TimestampMicrosecondArray),
 }
 
-impl KeyArray {
-    pub(crate) fn new(array: &ArrayRef) -> Option<KeyArray> {
+impl TypedColumn {
+    pub(crate) fn new(array: &ArrayRef) -> Option<TypedColumn> {
         Some(match KeyType::of(array.data_type())? {
-            KeyType::String => KeyArray::Str(array.as_string::<i32>().clone()),
-            KeyType::Int64 => KeyArray::Int(array.as_primitive::<Int64Type>().clone()),
-            KeyType::Float64 => KeyArray::Float(array.as_primitive::<Float64Type>().clone()),
-            KeyType::Boolean => KeyArray::Bool(array.as_boolean().clone()),
-            KeyType::Date => KeyArray::Date(array.as_primitive::<Date32Type>().clone()),
+            KeyType::String => TypedColumn::Str(array.as_string::<i32>().clone()),
+            KeyType::Int64 => TypedColumn::Int(array.as_primitive::<Int64Type>().clone()),
+            KeyType::Float64 => TypedColumn::Float(array.as_primitive::<Float64Type>().clone()),
+            KeyType::Boolean => TypedColumn::Bool(array.as_boolean().clone()),
+            KeyType::Date => TypedColumn::Date(array.as_primitive::<Date32Type>().clone()),
             KeyType::Timestamp => {
-                KeyArray::Timestamp(array.as_primitive::<TimestampMicrosecondType>().clone())
+                TypedColumn::Timestamp(array.as_primitive::<TimestampMicrosecondType>().clone())
             }
         })
     }
 
     pub(crate) fn key_type(&self) -> KeyType {
         match self {
-            KeyArray::Str(_) => KeyType::String,
-            KeyArray::Int(_) => KeyType::Int64,
-            KeyArray::Float(_) => KeyType::Float64,
-            KeyArray::Bool(_) => KeyType::Boolean,
-            KeyArray::Date(_) => KeyType::Date,
-            KeyArray::Timestamp(_) => KeyType::Timestamp,
+            TypedColumn::Str(_) => KeyType::String,
+            TypedColumn::Int(_) => KeyType::Int64,
+            TypedColumn::Float(_) => KeyType::Float64,
+            TypedColumn::Bool(_) => KeyType::Boolean,
+            TypedColumn::Date(_) => KeyType::Date,
+            TypedColumn::Timestamp(_) => KeyType::Timestamp,
         }
     }
 
     /// Whether the row can be a key: not NULL, not NaN.
     pub(crate) fn is_indexable(&self, row: usize) -> bool {
         match self {
-            KeyArray::Str(a) => a.is_valid(row),
-            KeyArray::Int(a) => a.is_valid(row),
-            KeyArray::Float(a) => a.is_valid(row) && !a.value(row).is_nan(),
-            KeyArray::Bool(a) => a.is_valid(row),
-            KeyArray::Date(a) => a.is_valid(row),
-            KeyArray::Timestamp(a) => a.is_valid(row),
+            TypedColumn::Str(a) => a.is_valid(row),
+            TypedColumn::Int(a) => a.is_valid(row),
+            TypedColumn::Float(a) => a.is_valid(row) && !a.value(row).is_nan(),
+            TypedColumn::Bool(a) => a.is_valid(row),
+            TypedColumn::Date(a) => a.is_valid(row),
+            TypedColumn::Timestamp(a) => a.is_valid(row),
         }
     }
 
     pub(crate) fn hash_row(&self, row: usize, hasher: &mut impl Hasher) {
         match self {
-            KeyArray::Str(a) => hash_str(a.value(row), hasher),
-            KeyArray::Int(a) => hasher.write_i64(a.value(row)),
-            KeyArray::Float(a) => hasher.write_u64(float_bits(a.value(row))),
-            KeyArray::Bool(a) => hasher.write_u8(a.value(row) as u8),
-            KeyArray::Date(a) => hasher.write_i64(i64::from(a.value(row))),
-            KeyArray::Timestamp(a) => hasher.write_i64(a.value(row)),
+            TypedColumn::Str(a) => hash_str(a.value(row), hasher),
+            TypedColumn::Int(a) => hasher.write_i64(a.value(row)),
+            TypedColumn::Float(a) => hasher.write_u64(float_bits(a.value(row))),
+            TypedColumn::Bool(a) => hasher.write_u8(a.value(row) as u8),
+            TypedColumn::Date(a) => hasher.write_i64(i64::from(a.value(row))),
+            TypedColumn::Timestamp(a) => hasher.write_i64(a.value(row)),
         }
     }
 
     pub(crate) fn rows_equal(&self, a: usize, b: usize) -> bool {
         match self {
-            KeyArray::Str(x) => x.value(a) == x.value(b),
-            KeyArray::Int(x) => x.value(a) == x.value(b),
-            KeyArray::Float(x) => float_bits(x.value(a)) == float_bits(x.value(b)),
-            KeyArray::Bool(x) => x.value(a) == x.value(b),
-            KeyArray::Date(x) => x.value(a) == x.value(b),
-            KeyArray::Timestamp(x) => x.value(a) == x.value(b),
+            TypedColumn::Str(x) => x.value(a) == x.value(b),
+            TypedColumn::Int(x) => x.value(a) == x.value(b),
+            TypedColumn::Float(x) => float_bits(x.value(a)) == float_bits(x.value(b)),
+            TypedColumn::Bool(x) => x.value(a) == x.value(b),
+            TypedColumn::Date(x) => x.value(a) == x.value(b),
+            TypedColumn::Timestamp(x) => x.value(a) == x.value(b),
         }
     }
 
     pub(crate) fn equals(&self, row: usize, value: &KeyValue<'_>) -> bool {
         match (self, value) {
-            (KeyArray::Str(a), KeyValue::Str(s)) => a.value(row) == s.as_ref(),
-            (KeyArray::Int(a), KeyValue::Int(i)) => a.value(row) == *i,
-            (KeyArray::Float(a), KeyValue::Float(f)) => float_bits(a.value(row)) == float_bits(*f),
-            (KeyArray::Bool(a), KeyValue::Bool(b)) => a.value(row) == *b,
-            (KeyArray::Date(a), KeyValue::Int(i)) => i64::from(a.value(row)) == *i,
-            (KeyArray::Timestamp(a), KeyValue::Int(i)) => a.value(row) == *i,
+            (TypedColumn::Str(a), KeyValue::Str(s)) => a.value(row) == s.as_ref(),
+            (TypedColumn::Int(a), KeyValue::Int(i)) => a.value(row) == *i,
+            (TypedColumn::Float(a), KeyValue::Float(f)) => {
+                float_bits(a.value(row)) == float_bits(*f)
+            }
+            (TypedColumn::Bool(a), KeyValue::Bool(b)) => a.value(row) == *b,
+            (TypedColumn::Date(a), KeyValue::Int(i)) => i64::from(a.value(row)) == *i,
+            (TypedColumn::Timestamp(a), KeyValue::Int(i)) => a.value(row) == *i,
             _ => false,
         }
     }

@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::index::KeyIndex;
 use crate::json::ColumnWriter;
-use crate::key::{Converted, KeyArray, KeyType, KeyValue, convert};
+use crate::key::{Converted, KeyType, KeyValue, TypedColumn, convert};
 use crate::table::Table;
 use serde_json::{Map, Value};
 use smallvec::SmallVec;
@@ -176,7 +176,7 @@ impl Lookup {
         let mut keys = Vec::with_capacity(config.keys.len());
         for key in &config.keys {
             let array = batch.column(table.column_index(&key.column)?);
-            let key_array = KeyArray::new(array).ok_or_else(|| Error::UnsupportedType {
+            let key_array = TypedColumn::new(array).ok_or_else(|| Error::UnsupportedType {
                 dataset: table.name().to_owned(),
                 column: key.column.clone(),
                 data_type: array.data_type().to_string(),
