@@ -293,6 +293,13 @@ fn lookups(c: &mut Criterion) {
             black_box(out.len())
         })
     });
+    group.bench_function("apinode_find_batch_write_matches", |b| {
+        b.iter(|| {
+            out.clear();
+            let matches = lookup.find_batch(&refs).expect("valid keys");
+            black_box(lookup.write_matches(&matches, &mut out).len())
+        })
+    });
     group.bench_function("naive_hashmap_json_tree", |b| {
         b.iter(|| {
             out.clear();

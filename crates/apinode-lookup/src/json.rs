@@ -34,6 +34,18 @@ impl ColumnWriter {
         })
     }
 
+    /// The same writer over `indices`' rows of this column, gathered with Arrow's `take`.
+    pub(crate) fn gathered(&self, indices: &arrow_array::UInt32Array) -> ColumnWriter {
+        let array = self.values.array();
+        let taken = arrow_select::take::take(array.as_ref(), indices, None)
+            .expect("indices are in bounds and the type is supported");
+        ColumnWriter {
+            prefix: self.prefix.clone(),
+            name: self.name.clone(),
+            values: TypedColumn::new(&taken).expect("take keeps the type"),
+        }
+    }
+
     /// The output name.
     pub(crate) fn name(&self) -> &str {
         &self.name

@@ -181,6 +181,17 @@ impl TypedColumn {
         })
     }
 
+    pub(crate) fn array(&self) -> ArrayRef {
+        match self {
+            TypedColumn::Str(a) => std::sync::Arc::new(a.clone()),
+            TypedColumn::Int(a) => std::sync::Arc::new(a.clone()),
+            TypedColumn::Float(a) => std::sync::Arc::new(a.clone()),
+            TypedColumn::Bool(a) => std::sync::Arc::new(a.clone()),
+            TypedColumn::Date(a) => std::sync::Arc::new(a.clone()),
+            TypedColumn::Timestamp(a) => std::sync::Arc::new(a.clone()),
+        }
+    }
+
     pub(crate) fn key_type(&self) -> KeyType {
         match self {
             TypedColumn::Str(_) => KeyType::String,

@@ -855,15 +855,19 @@ fn lookup_multi(lookup: &apinode_lookup::Lookup, body: &Value) -> Result<Output>
             item: Some(i),
             source,
         })?;
-    let mut out = LookupOutput {
-        buffer: Vec::with_capacity(items.len() * 128),
-        items: Vec::with_capacity(items.len()),
-    };
-    for found in matches {
-        let item = write_match(lookup, found, &mut out.buffer);
-        out.items.push(item);
-    }
-    Ok(Output::Lookup(out))
+    let mut buffer = Vec::with_capacity(items.len() * 128);
+    let ranges = lookup.write_matches(&matches, &mut buffer);
+    let items = matches
+        .iter()
+        .zip(ranges)
+        .map(|(found, range)| match (found, range) {
+            (Match::Ignored(reason), _) => LookupItem::Ignored {
+                reason: reason.as_str(),
+            },
+            (_, range) => LookupItem::Data(range.unwrap_or(0..0)),
+        })
+        .collect();
+    Ok(Output::Lookup(LookupOutput { buffer, items }))
 }
 
 fn write_match(lookup: &apinode_lookup::Lookup, found: Match, buffer: &mut Vec<u8>) -> LookupItem {
