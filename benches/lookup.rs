@@ -192,6 +192,21 @@ impl Sqlite {
     }
 }
 
+impl Sqlite {
+    /// The probe alone: the key's rowid through the index, no row read.
+    fn probe(&self, data: &Map<String, Value>) -> Option<i64> {
+        let key = data.get("key").and_then(Value::as_str)?;
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT rowid FROM customers WHERE key = ?1")
+            .expect("prepare");
+        let mut rows = statement.query([key]).expect("query");
+        rows.next()
+            .expect("step")
+            .map(|row| row.get(0).expect("rowid"))
+    }
+}
+
 fn queries(rows: usize, count: usize) -> Vec<Map<String, Value>> {
     // A fixed stride over the table: deterministic, spread, and every key exists.
     (0..count)
@@ -263,6 +278,23 @@ fn lookups(c: &mut Criterion) {
                     .expect("runs")
             });
             black_box(batches.len())
+        })
+    });
+    group.finish();
+
+    // The probe alone (key to row id), without reading or writing the row.
+    let mut group = c.benchmark_group(format!("lookup_probe_{rows}_rows"));
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("apinode_find", |b| {
+        b.iter(|| {
+            i = (i + 1) % queries.len();
+            black_box(lookup.find(&queries[i]).expect("valid key"))
+        })
+    });
+    group.bench_function("sqlite_indexed_rowid", |b| {
+        b.iter(|| {
+            i = (i + 1) % queries.len();
+            black_box(sqlite.probe(&queries[i]))
         })
     });
     group.finish();
