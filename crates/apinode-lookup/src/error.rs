@@ -57,6 +57,9 @@ pub enum Error {
         expected: &'static str,
         got: String,
     },
+    /// A typed key has the wrong number of values for the lookup's key columns.
+    #[error("the lookup has {expected} key column(s), the key has {got} value(s)")]
+    KeyArity { expected: usize, got: usize },
     /// No row matches and the endpoint is configured to fail on that.
     #[error("no row of dataset `{dataset}` matches {keys}")]
     NoMatch { dataset: String, keys: String },

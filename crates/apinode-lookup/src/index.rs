@@ -1,21 +1,31 @@
-//! The hash index: one `u32` slot per distinct key (the first row holding it), plus, only
-//! when the table has duplicate keys, a `next` chain through the rows sharing a key.
-//! Keys are never copied and hashes are not stored: equality is checked against the Arrow
-//! arrays, and hashbrown's control bytes (7 bits of the hash) make a wasted comparison rare.
-//! About 5-6 bytes per distinct key, plus 4 bytes per row with duplicates.
+//! The hash index: an open-addressing table of `u64` slots, each holding the first row (in
+//! table order) of one distinct key and 32 bits of the key's hash, plus, only when the table
+//! has duplicate keys, a `next` chain through the rows sharing a key.
+//!
+//! Why not hashbrown: a probe there reads a control group, then the slot it points to, two
+//! dependent cache misses before the key can even be compared. Here the slot itself carries
+//! the hash tag, so a probe of a table larger than the cache costs one miss to reach the row
+//! id, then the key's own bytes in the Arrow arrays to confirm it (measured in
+//! docs/benchmarks.md). Keys are never copied: equality is checked against the Arrow arrays,
+//! and the tag makes a wasted comparison about one in four billion.
+//! 8 bytes per slot at a load factor between 0.35 and 0.7 (12 to 23 bytes per distinct key),
+//! plus 4 bytes per row when there are duplicates.
 
 use crate::key::{KeyValue, TypedColumn, hash_value};
 use foldhash::fast::FixedState;
-use hashbrown::HashTable;
 use std::hash::{BuildHasher, Hasher};
 
 const NONE: u32 = u32::MAX;
+const EMPTY: u64 = u64::MAX;
 
 #[derive(Debug)]
 pub(crate) struct KeyIndex {
     keys: Vec<TypedColumn>,
-    /// First row (in table order) of each distinct key.
-    heads: HashTable<u32>,
+    /// `tag << 32 | row` for the first row of each distinct key; `EMPTY` where none.
+    slots: Vec<u64>,
+    /// `slots.len() - 1` (the length is a power of two).
+    mask: usize,
+    distinct: usize,
     /// `next[row]`: the next row with the same key as `row`; empty when keys are unique.
     next: Vec<u32>,
     state: FixedState,
@@ -29,39 +39,74 @@ fn hash_row(keys: &[TypedColumn], state: &FixedState, row: usize) -> u64 {
     hasher.finish()
 }
 
+#[inline]
+fn tag(hash: u64) -> u64 {
+    hash >> 32
+}
+
+/// The first slot to look at: the hash's low bits (the tag is its high bits).
+#[inline]
+fn home(hash: u64, mask: usize) -> usize {
+    hash as usize & mask
+}
+
+/// Slots for `keys` distinct keys: a power of two, at most 70% full.
+fn slot_count(keys: usize) -> usize {
+    (keys.max(1) * 10 / 7 + 1).next_power_of_two()
+}
+
 impl KeyIndex {
     pub(crate) fn build(keys: Vec<TypedColumn>, rows: usize) -> KeyIndex {
         let state = FixedState::with_seed(0x9e37_79b9_7f4a_7c15);
-        let mut heads: HashTable<u32> = HashTable::with_capacity(rows);
+        let mut slots = vec![EMPTY; slot_count(rows)];
+        let mut mask = slots.len() - 1;
         let mut next: Vec<u32> = Vec::new();
+        let mut distinct = 0;
         // Backwards, so that prepending to a key's chain leaves it in table order.
         for row in (0..rows).rev() {
             if !keys.iter().all(|k| k.is_indexable(row)) {
                 continue;
             }
             let hash = hash_row(&keys, &state, row);
-            let entry = heads.entry(
-                hash,
-                |&head| keys.iter().all(|k| k.rows_equal(head as usize, row)),
-                |&head| hash_row(&keys, &state, head as usize),
-            );
-            match entry {
-                hashbrown::hash_table::Entry::Occupied(mut occupied) => {
+            let mut at = home(hash, mask);
+            loop {
+                let slot = slots[at];
+                if slot == EMPTY {
+                    slots[at] = tag(hash) << 32 | row as u64;
+                    distinct += 1;
+                    break;
+                }
+                let head = (slot & 0xffff_ffff) as usize;
+                if slot >> 32 == tag(hash) && keys.iter().all(|k| k.rows_equal(head, row)) {
                     if next.is_empty() {
                         next = vec![NONE; rows];
                     }
-                    next[row] = *occupied.get();
-                    *occupied.get_mut() = row as u32;
+                    next[row] = head as u32;
+                    slots[at] = tag(hash) << 32 | row as u64;
+                    break;
                 }
-                hashbrown::hash_table::Entry::Vacant(vacant) => {
-                    vacant.insert(row as u32);
-                }
+                at = (at + 1) & mask;
             }
         }
-        heads.shrink_to_fit(|&head| hash_row(&keys, &state, head as usize));
+        // Many duplicates leave the table mostly empty: rebuild it at the size it needs.
+        if slot_count(distinct) < slots.len() {
+            let mut fitted = vec![EMPTY; slot_count(distinct)];
+            mask = fitted.len() - 1;
+            for &slot in slots.iter().filter(|&&s| s != EMPTY) {
+                let head = (slot & 0xffff_ffff) as usize;
+                let mut at = home(hash_row(&keys, &state, head), mask);
+                while fitted[at] != EMPTY {
+                    at = (at + 1) & mask;
+                }
+                fitted[at] = slot;
+            }
+            slots = fitted;
+        }
         KeyIndex {
             keys,
-            heads,
+            slots,
+            mask,
+            distinct,
             next,
             state,
         }
@@ -86,16 +131,20 @@ impl KeyIndex {
     /// [`Self::probe`] with the hash already computed.
     #[inline]
     pub(crate) fn probe_hashed(&self, hash: u64, values: &[KeyValue<'_>]) -> Matches<'_> {
-        let head = self
-            .heads
-            .find(hash, |&head| {
-                self.keys
-                    .iter()
-                    .zip(values)
-                    .all(|(k, v)| k.equals(head as usize, v))
-            })
-            .copied()
-            .unwrap_or(NONE);
+        let mut at = home(hash, self.mask);
+        let head = loop {
+            let slot = self.slots[at];
+            if slot == EMPTY {
+                break NONE;
+            }
+            let head = (slot & 0xffff_ffff) as usize;
+            if slot >> 32 == tag(hash)
+                && self.keys.iter().zip(values).all(|(k, v)| k.equals(head, v))
+            {
+                break head as u32;
+            }
+            at = (at + 1) & self.mask;
+        };
         Matches {
             next: &self.next,
             current: head,
@@ -104,19 +153,13 @@ impl KeyIndex {
 
     /// Number of distinct keys.
     pub(crate) fn distinct_keys(&self) -> usize {
-        self.heads.len()
+        self.distinct
     }
 
     /// Heap bytes held by the index (not counting the table it refers to).
     pub(crate) fn memory_bytes(&self) -> usize {
-        // hashbrown: a power-of-two number of buckets at most 7/8 full, one slot and one
-        // control byte each (plus a group of trailing control bytes, ignored here).
-        let buckets = if self.heads.capacity() == 0 {
-            0
-        } else {
-            (self.heads.capacity() * 8 / 7).next_power_of_two()
-        };
-        buckets * (std::mem::size_of::<u32>() + 1) + self.next.capacity() * 4
+        self.slots.capacity() * std::mem::size_of::<u64>()
+            + self.next.capacity() * std::mem::size_of::<u32>()
     }
 }
 
@@ -138,5 +181,50 @@ impl Iterator for Matches<'_> {
         let row = self.current as usize;
         self.current = self.next.get(row).copied().unwrap_or(NONE);
         Some(row)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{ArrayRef, Int64Array};
+    use std::sync::Arc;
+
+    fn index_of(values: Vec<Option<i64>>) -> KeyIndex {
+        let rows = values.len();
+        let array: ArrayRef = Arc::new(Int64Array::from(values));
+        KeyIndex::build(vec![TypedColumn::new(&array).unwrap()], rows)
+    }
+
+    fn rows_of(index: &KeyIndex, key: i64) -> Vec<usize> {
+        index.probe(&[KeyValue::Int(key)]).collect()
+    }
+
+    #[test]
+    fn duplicates_chain_in_table_order_and_shrink_the_table() {
+        // 3,000 rows, 3 distinct keys and a NULL every 7th row.
+        let index = index_of((0..3000).map(|i| (i % 7 != 0).then_some(i % 3)).collect());
+        assert_eq!(index.distinct_keys(), 3);
+        assert_eq!(index.slots.len(), slot_count(3));
+        let ones = rows_of(&index, 1);
+        assert_eq!(
+            ones.len(),
+            (0..3000).filter(|i| i % 7 != 0 && i % 3 == 1).count()
+        );
+        assert!(ones.windows(2).all(|w| w[0] < w[1]), "table order");
+        assert!(rows_of(&index, 3).is_empty());
+        assert!(index.memory_bytes() >= 3000 * 4, "the chain is counted");
+    }
+
+    #[test]
+    fn unique_keys_fill_at_most_70_percent_and_all_are_found() {
+        let index = index_of((0..10_000).map(|i| Some(i * 7919)).collect());
+        assert_eq!(index.distinct_keys(), 10_000);
+        assert!(index.slots.len() * 7 >= 10_000 * 10);
+        assert!(index.next.is_empty());
+        for i in 0..10_000 {
+            assert_eq!(rows_of(&index, i * 7919), vec![i as usize]);
+        }
+        assert!(rows_of(&index, 1).is_empty());
     }
 }

@@ -1,7 +1,7 @@
 //! Per-column JSON writers, chosen once per lookup: a row is written straight into the
 //! response buffer, with types preserved (integers stay integers, NULL is `null`, dates are
 //! `YYYY-MM-DD`, timestamps ISO 8601 in UTC). No intermediate `serde_json::Value`, no
-//! allocation per value: integers through `itoa`, floats through `ryu`, strings copied as is
+//! allocation per value: integers through `itoa`, floats through `zmij` (Schubfach; about twice as fast as `ryu` here), strings copied as is
 //! unless they need escaping, dates formatted from the day number by hand.
 
 use crate::error::{Error, Result};
@@ -87,7 +87,7 @@ impl ColumnWriter {
                 out.extend_from_slice(itoa::Buffer::new().format(a.value(row)).as_bytes());
             }
             TypedColumn::Float(a) if a.is_valid(row) && a.value(row).is_finite() => {
-                out.extend_from_slice(ryu::Buffer::new().format_finite(a.value(row)).as_bytes());
+                out.extend_from_slice(zmij::Buffer::new().format_finite(a.value(row)).as_bytes());
             }
             TypedColumn::Bool(a) if a.is_valid(row) => {
                 out.extend_from_slice(if a.value(row) { b"true" } else { b"false" });
@@ -170,26 +170,38 @@ fn push_2(out: &mut Vec<u8>, n: u32) {
 /// `YYYY-MM-DD`; years outside 0..=9999 as ISO 8601's expanded form (`+12345`, `-0001`).
 pub(crate) fn write_date(out: &mut Vec<u8>, days: i64) {
     let (year, month, day) = civil_from_days(days);
+    let digit = |n: u32| b'0' + (n % 10) as u8;
     if (0..=9999).contains(&year) {
+        // The common case in one copy rather than ten pushes.
         let y = year as u32;
-        push_2(out, y / 100);
-        push_2(out, y % 100);
-    } else {
-        if year < 0 {
-            out.push(b'-');
-        } else {
-            out.push(b'+');
-        }
-        let digits = itoa::Buffer::new().format(year.unsigned_abs()).to_owned();
-        for _ in digits.len()..4 {
-            out.push(b'0');
-        }
-        out.extend_from_slice(digits.as_bytes());
+        out.extend_from_slice(&[
+            digit(y / 1000),
+            digit(y / 100),
+            digit(y / 10),
+            digit(y),
+            b'-',
+            digit(month / 10),
+            digit(month),
+            b'-',
+            digit(day / 10),
+            digit(day),
+        ]);
+        return;
     }
-    out.push(b'-');
-    push_2(out, month);
-    out.push(b'-');
-    push_2(out, day);
+    out.push(if year < 0 { b'-' } else { b'+' });
+    let digits = itoa::Buffer::new().format(year.unsigned_abs()).to_owned();
+    for _ in digits.len()..4 {
+        out.push(b'0');
+    }
+    out.extend_from_slice(digits.as_bytes());
+    out.extend_from_slice(&[
+        b'-',
+        digit(month / 10),
+        digit(month),
+        b'-',
+        digit(day / 10),
+        digit(day),
+    ]);
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, or with microseconds when they are not whole milliseconds.

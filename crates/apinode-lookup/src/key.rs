@@ -38,6 +38,20 @@ impl KeyType {
         })
     }
 
+    /// Whether `value` is of the variant this key type takes in [`crate::Lookup::find_key`].
+    pub fn accepts(self, value: &KeyValue<'_>) -> bool {
+        matches!(
+            (self, value),
+            (KeyType::String, KeyValue::Str(_))
+                | (
+                    KeyType::Int64 | KeyType::Date | KeyType::Timestamp,
+                    KeyValue::Int(_)
+                )
+                | (KeyType::Float64, KeyValue::Float(_))
+                | (KeyType::Boolean, KeyValue::Bool(_))
+        )
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             KeyType::String => "a string",
@@ -50,10 +64,11 @@ impl KeyType {
     }
 }
 
-/// A query's key value, converted to its column's type. Dates are days since the epoch and
-/// timestamps microseconds since the epoch, as in the Arrow arrays.
+/// A key value in its column's type, for [`crate::Lookup::find_key`]: strings for string
+/// columns, `Int` for integer columns, dates (days since 1970-01-01) and timestamps
+/// (microseconds since the epoch, UTC), `Float` for float columns, `Bool` for booleans.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum KeyValue<'a> {
+pub enum KeyValue<'a> {
     Str(Cow<'a, str>),
     Int(i64),
     Float(f64),

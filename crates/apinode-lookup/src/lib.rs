@@ -5,7 +5,8 @@
 //! date, timestamp). A [`Lookup`] indexes a table on one or more key columns and answers
 //! queries given as JSON objects: it finds the matching row, applies the configured behaviour
 //! for a missing key, no match or several matches, and writes the selected (renamed) output
-//! columns as a JSON object straight into a byte buffer.
+//! columns as a JSON object straight into a byte buffer. Programs that hold typed keys rather
+//! than JSON use [`Lookup::find_key`], which skips the JSON reading and conversion.
 //!
 //! What it is not: it knows nothing about bundles, HTTP or services; the runtime turns a
 //! bundle's lookup sections into [`LookupConfig`]s. It does not run SQL.
@@ -22,7 +23,7 @@ mod lookup;
 mod table;
 
 pub use error::{Error, Result};
-pub use key::KeyType;
+pub use key::{KeyType, KeyValue};
 pub use lookup::{
     Enriched, Enrichment, IgnoreReason, KeyColumn, Lookup, LookupAction, LookupConfig, Match,
     OutputColumn,

@@ -242,14 +242,51 @@ impl Lookup {
     /// Finds the row for a record whose key values are under the configured input names.
     /// A JSON `null` counts as a missing key.
     pub fn find(&self, data: &Map<String, Value>) -> Result<Match> {
+        let describe = || self.describe_keys(data);
         match self.key_of(data)? {
             Key::Values(values) => {
                 let rows = self.index.probe(&values);
-                self.decide(data, rows)
+                self.decide(describe, rows)
             }
             Key::Decided(decided) => Ok(decided),
-            Key::NeverMatches => self.decide(data, std::iter::empty()),
+            Key::NeverMatches => self.decide(describe, std::iter::empty()),
         }
+    }
+
+    /// Finds the row for a key given as typed values, one per key column in the configured
+    /// order: what [`Lookup::find`] does after reading and converting the JSON, for programs
+    /// that already hold typed keys. A float NaN matches nothing; the no-match and
+    /// several-matches behaviours apply as configured.
+    pub fn find_key(&self, key: &[KeyValue<'_>]) -> Result<Match> {
+        if key.len() != self.keys.len() {
+            return Err(Error::KeyArity {
+                expected: self.keys.len(),
+                got: key.len(),
+            });
+        }
+        let mut never_matches = false;
+        for ((input, key_type), value) in self.keys.iter().zip(key) {
+            if !key_type.accepts(value) {
+                return Err(Error::InvalidKey {
+                    input: input.clone(),
+                    expected: key_type.describe(),
+                    got: format!("{value:?}"),
+                });
+            }
+            never_matches |= matches!(value, KeyValue::Float(f) if f.is_nan());
+        }
+        let describe = || {
+            self.keys
+                .iter()
+                .zip(key)
+                .map(|((input, _), value)| format!("{input}={value:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if never_matches {
+            return self.decide(describe, std::iter::empty());
+        }
+        self.decide(describe, self.index.probe(key))
     }
 
     /// Finds the rows of many records: converts and hashes every key first, then probes, so
@@ -281,11 +318,14 @@ impl Lookup {
         let mut matches = Vec::with_capacity(records.len());
         for (i, (hash, key)) in keys.iter().enumerate() {
             let found = match key {
-                Key::Values(values) => {
-                    self.decide(records[i], self.index.probe_hashed(*hash, values))
-                }
+                Key::Values(values) => self.decide(
+                    || self.describe_keys(records[i]),
+                    self.index.probe_hashed(*hash, values),
+                ),
                 Key::Decided(decided) => Ok(*decided),
-                Key::NeverMatches => self.decide(records[i], std::iter::empty()),
+                Key::NeverMatches => {
+                    self.decide(|| self.describe_keys(records[i]), std::iter::empty())
+                }
             };
             matches.push(found.map_err(|e| (i, e))?);
         }
@@ -317,16 +357,17 @@ impl Lookup {
     }
 
     /// Applies the no-match and several-matches behaviours to the rows found.
+    /// `describe` names the key in errors (only called when one is returned).
     fn decide(
         &self,
-        data: &Map<String, Value>,
+        describe: impl FnOnce() -> String,
         mut rows: impl Iterator<Item = usize>,
     ) -> Result<Match> {
         let Some(first) = rows.next() else {
             return match self.config.on_no_match {
                 LookupAction::Fail => Err(Error::NoMatch {
                     dataset: self.table.name().to_owned(),
-                    keys: self.describe_keys(data),
+                    keys: describe(),
                 }),
                 LookupAction::Ignore => Ok(Match::Ignored(IgnoreReason::NoMatch)),
                 LookupAction::Null | LookupAction::First => Ok(Match::Nulls),
@@ -341,7 +382,7 @@ impl Lookup {
             LookupAction::Ignore => Ok(Match::Ignored(IgnoreReason::MultipleMatches)),
             LookupAction::Fail => Err(Error::MultipleMatches {
                 dataset: self.table.name().to_owned(),
-                keys: self.describe_keys(data),
+                keys: describe(),
                 count: 2 + rows.count(),
             }),
         }

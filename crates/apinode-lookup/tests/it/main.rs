@@ -2,7 +2,8 @@
 //! matches behaviours, renamed outputs and JSON typing, Parquet loading.
 
 use apinode_lookup::{
-    Error, IgnoreReason, KeyColumn, Lookup, LookupAction, LookupConfig, Match, OutputColumn, Table,
+    Error, IgnoreReason, KeyColumn, KeyValue, Lookup, LookupAction, LookupConfig, Match,
+    OutputColumn, Table,
 };
 use arrow_array::{
     ArrayRef, BooleanArray, Date32Array, Float64Array, Int64Array, RecordBatch, StringArray,
@@ -311,6 +312,72 @@ fn typed_keys_float_boolean_date_timestamp() {
 }
 
 #[test]
+fn typed_keys_through_find_key_agree_with_json_keys() {
+    let composite = Lookup::new(customers(), LookupConfig::on_keys(&["country", "city"])).unwrap();
+    assert_eq!(
+        composite
+            .find_key(&[KeyValue::Str("FR".into()), KeyValue::Str("Lyon".into())])
+            .unwrap(),
+        composite
+            .find(&data(json!({"country": "FR", "city": "Lyon"})))
+            .unwrap()
+    );
+    assert_eq!(
+        composite
+            .find_key(&[KeyValue::Str("FR".into()), KeyValue::Str("Paris".into())])
+            .unwrap(),
+        Match::Ignored(IgnoreReason::MultipleMatches)
+    );
+    let by_score = Lookup::new(customers(), LookupConfig::on_keys(&["score"])).unwrap();
+    assert_eq!(
+        by_score.find_key(&[KeyValue::Float(-0.0)]).unwrap(),
+        Match::Row(3)
+    );
+    assert_eq!(
+        by_score.find_key(&[KeyValue::Float(f64::NAN)]).unwrap(),
+        Match::Ignored(IgnoreReason::NoMatch)
+    );
+    let by_date = Lookup::new(customers(), LookupConfig::on_keys(&["since"])).unwrap();
+    assert_eq!(
+        by_date.find_key(&[KeyValue::Int(-1)]).unwrap(),
+        Match::Row(4)
+    );
+    let by_active = Lookup::new(customers(), LookupConfig::on_keys(&["active"])).unwrap();
+    assert_eq!(
+        by_active.find_key(&[KeyValue::Bool(false)]).unwrap(),
+        Match::Ignored(IgnoreReason::MultipleMatches)
+    );
+
+    // The wrong number of values, or a value of the wrong type, is an error naming the key.
+    let by_id = Lookup::new(customers(), {
+        let mut c = LookupConfig::on_keys(&["id"]);
+        c.on_no_match = LookupAction::Fail;
+        c
+    })
+    .unwrap();
+    let arity = by_id.find_key(&[]).unwrap_err();
+    assert!(
+        matches!(
+            arity,
+            Error::KeyArity {
+                expected: 1,
+                got: 0
+            }
+        ),
+        "{arity}"
+    );
+    let wrong = by_id.find_key(&[KeyValue::Str("1".into())]).unwrap_err();
+    assert!(
+        wrong
+            .to_string()
+            .contains("lookup key `id` expects an integer"),
+        "{wrong}"
+    );
+    let none = by_id.find_key(&[KeyValue::Int(42)]).unwrap_err();
+    assert!(none.to_string().contains("id=Int(42)"), "{none}");
+}
+
+#[test]
 fn invalid_key_values_and_configurations_are_named() {
     let lookup = Lookup::new(customers(), LookupConfig::on_keys(&["id"])).unwrap();
     let err = lookup.find(&data(json!({"id": [1]}))).unwrap_err();
@@ -426,6 +493,17 @@ mod properties {
                 .collect();
             let batched = lookup.find_batch(&refs).map_err(|(i, e)| (i, e.to_string()));
             prop_assert_eq!(&batched, &single);
+            // A typed key answers what the same key in JSON answers.
+            for (probe, record) in probes.iter().zip(&records) {
+                if let Some(k) = probe {
+                    let typed = lookup.find_key(&[KeyValue::Int(*k)]).map_err(|e| e.to_string());
+                    let json = lookup.find(record).map_err(|e| e.to_string());
+                    prop_assert_eq!(typed.is_ok(), json.is_ok());
+                    if let (Ok(typed), Ok(json)) = (typed, json) {
+                        prop_assert_eq!(typed, json);
+                    }
+                }
+            }
             // Written as a batch (gathered columns) or one by one, the answers are the same.
             if let Ok(matches) = batched {
                 let mut together = Vec::new();
