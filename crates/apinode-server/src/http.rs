@@ -58,7 +58,6 @@ pub(crate) fn app(
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(json_errors))
-        .layer(axum::middleware::map_response(version_headers))
         .with_state(state);
     MapRequestLayer::new(normalize_path).layer(router)
 }
@@ -82,10 +81,12 @@ async fn is_alive(State(state): State<AppState>) -> Response {
 
 /// Errors produced by axum itself (a body over the limit, a wrong method, an unreadable body)
 /// come as plain text; give them the protocol's JSON error shape like every other error.
+/// Every response also gets the version headers here (one middleware per request, not two).
 async fn json_errors(request: Request, next: axum::middleware::Next) -> Response {
     let method = request.method().clone();
     let uri = request.uri().clone();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    add_version_headers(&mut response);
     let status = response.status();
     let is_json = response
         .headers()
@@ -141,14 +142,13 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     .into_response()
 }
 
-async fn version_headers(mut response: Response) -> Response {
+fn add_version_headers(response: &mut Response) {
     let headers = response.headers_mut();
     headers.insert("DSS-API-Version", HeaderValue::from_static("1"));
     headers.insert(
         "DSS-Version",
         HeaderValue::from_static(concat!("apinode-", env!("CARGO_PKG_VERSION"))),
     );
-    response
 }
 
 /// Collapses repeated slashes and drops a trailing slash: `//admin/api/services/` becomes

@@ -54,6 +54,16 @@ impl PresentedCredentials {
     }
 }
 
+/// Read from the request's headers by reference: the user API needs the credentials, not a
+/// copy of the whole header map.
+impl<S: Send + Sync> FromRequestParts<S> for PresentedCredentials {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        PresentedCredentials::from_headers(&parts.headers)
+    }
+}
+
 /// An authenticated admin: the id of the admin key used (logged with every mutation).
 #[derive(Debug, Clone)]
 pub(crate) struct AdminKey(pub(crate) String);

@@ -5,7 +5,7 @@ use super::auth::PresentedCredentials;
 use super::{ApiError, AppState};
 use apinode_runtime::{Action, CallRequest, CallResponse, Dispatch, LookupItem, Output};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::Value;
@@ -15,7 +15,7 @@ use std::time::Instant;
 pub(super) async fn call(
     State(state): State<AppState>,
     Path((service, endpoint, route)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    credentials: PresentedCredentials,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
@@ -24,7 +24,6 @@ pub(super) async fn call(
             "unknown action `{route}`: use predict, predict-multi, lookup, lookup-multi, query or run"
         ))
     })?;
-    let credentials = PresentedCredentials::from_headers(&headers)?;
     let body = parse_body(&body)?;
     let dispatch = parse_dispatch(&body)?;
     let request = CallRequest {
