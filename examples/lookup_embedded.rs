@@ -8,7 +8,7 @@
 //! The table is loaded once into Arrow and indexed on the key column; each lookup is a hash
 //! probe and writes the matching row as JSON, without copying the table or the keys.
 
-use apinode_lookup::{Lookup, LookupAction, LookupConfig, Match, Table};
+use apinode_lookup::{KeyValue, Lookup, LookupAction, LookupConfig, Match, Table};
 use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -65,6 +65,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             Match::Nulls => println!("{key}: (no row; null outputs)"),
             Match::Ignored(reason) => println!("{key}: ignored ({})", reason.as_str()),
+        }
+        // 4. A program that already holds typed keys skips the JSON: `find_key` takes one
+        //    value per key column (the example file's key column holds strings).
+        if let Ok(found) = lookup.find_key(&[KeyValue::Str(key.as_str().into())]) {
+            println!("{key}: find_key gives {found:?}");
         }
     }
     Ok(())
