@@ -226,10 +226,10 @@ impl Level {
         }
     }
 
-    pub(crate) fn to_val(&self) -> Val<'static> {
+    pub(crate) fn to_val(&self) -> Val<'_> {
         match self {
             Level::Null => Val::Null,
-            Level::Str(s) => Val::Str(Cow::Owned(s.clone())),
+            Level::Str(s) => Val::Str(Cow::Borrowed(s)),
             Level::Num(x) => Val::Num(*x),
             Level::Other => Val::Null,
         }

@@ -38,3 +38,13 @@ pub use pipeline::StepSummary;
 
 /// The reference's names for the preprocessing steps, in the order they run.
 pub const PREPROCESSING_STEPS: &[&str] = pipeline::STEP_KINDS;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_model_is_shared_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<super::Model>();
+        send_sync::<super::Predictions>();
+    }
+}

@@ -764,7 +764,7 @@ impl Single {
 
     /// Scores one row: pushes its result into `out`.
     fn score<'a>(
-        &self,
+        &'a self,
         get: &mut dyn FnMut(usize, &str) -> Cell<'a>,
         s: &mut Scratch<'a>,
         out: &mut Predictions,
@@ -1326,7 +1326,7 @@ fn load_partitioned(files: &Files, meta: MetaJson, parts: Vec<String>) -> Result
 
 impl Partitioned {
     fn score<'a>(
-        &self,
+        &'a self,
         get: &mut dyn FnMut(usize, &str) -> Cell<'a>,
         scratches: &mut HashMap<String, Scratch<'a>>,
         out: &mut Predictions,

@@ -227,7 +227,7 @@ enum Op {
     },
     ImputeCat {
         cat: usize,
-        value: Val<'static>,
+        value: Level,
     },
     ImputeNum {
         num: usize,
@@ -713,7 +713,7 @@ impl Pipeline {
                 if let Some(&cat) = b.cat.get(&c) {
                     b.ops.push(Op::ImputeCat {
                         cat,
-                        value: Level::from_json(&v).to_val(),
+                        value: Level::from_json(&v),
                     });
                 } else {
                     let num = b.need_num(&file, &field, &c)?;
@@ -1425,7 +1425,7 @@ impl Pipeline {
 
     /// Runs the steps and writes the final features into `out` (`n_features` long).
     pub(crate) fn transform<'a>(
-        &self,
+        &'a self,
         num: &mut [f64],
         cat: &mut [Val<'a>],
         out: &mut [f64],
@@ -1516,7 +1516,7 @@ fn na_or<'v>(v: &'v Val<'_>) -> Val<'v> {
     }
 }
 
-fn run_op<'a>(op: &Op, num: &mut [f64], cat: &mut [Val<'a>]) -> Result<()> {
+fn run_op<'a>(op: &'a Op, num: &mut [f64], cat: &mut [Val<'a>]) -> Result<()> {
     match op {
         Op::Normalize {
             cat: c,
@@ -1552,7 +1552,8 @@ fn run_op<'a>(op: &Op, num: &mut [f64], cat: &mut [Val<'a>]) -> Result<()> {
         }
         Op::ImputeCat { cat: c, value } => {
             if cat[*c].is_null() {
-                cat[*c] = value.clone();
+                // Borrowed from the model: no allocation per imputed row.
+                cat[*c] = value.to_val();
             }
         }
         Op::ImputeNum { num: n, value } => {

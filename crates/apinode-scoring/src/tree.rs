@@ -372,6 +372,54 @@ mod tests {
     }
 
     #[test]
+    fn category_set_splits() {
+        let set = |flag: &str, missing: &str| {
+            let v: Value = serde_json::from_str(&format!(
+                r#"{{"node_id":[0],"feature":[0],"threshold":[null],"split_kind":["category_set"],
+                    "category_set":[[1, 3]],"leaf_id":[1,2],"label":[10,20]{flag}{missing}}}"#
+            ))
+            .unwrap();
+            Tree::from_json(&v, "t.json", "tree").unwrap()
+        };
+        let go = |t: &Tree, x: f64| t.value(t.leaf(&[x], false).0)[0];
+        // LightGBM / scikit-learn: members left. XGBoost: members right.
+        let l = set(r#","lightgbm":true"#, "");
+        assert_eq!((go(&l, 3.0), go(&l, 2.0)), (10.0, 20.0));
+        let x = set(r#","xgboost":true"#, "");
+        assert_eq!((go(&x, 3.0), go(&x, 2.0)), (20.0, 10.0));
+        // An unseen code (-1) follows the missing direction when there is one.
+        let l = set(r#","lightgbm":true"#, r#","missing":["l"]"#);
+        assert_eq!(go(&l, -1.0), 10.0);
+        let x = set(r#","xgboost":true"#, r#","missing":["l"]"#);
+        assert_eq!(
+            (go(&x, -1.0), go(&x, f64::NAN), go(&x, 2.0)),
+            (10.0, 10.0, 10.0)
+        );
+        // The isolation forest's walk has no unseen-code rule.
+        assert_eq!(l.value(l.leaf(&[-1.0], true).0)[0], 20.0);
+    }
+
+    #[test]
+    fn heap_ids_beyond_u64_are_refused() {
+        let v: Value = serde_json::from_str(
+            r#"{"node_id":[0],"feature":[0],"threshold":[1],"leaf_id":[1,36893488147419103232],"label":[1,2]}"#,
+        )
+        .unwrap();
+        let e = Tree::from_json(&v, "m.gz", "tree").unwrap_err().to_string();
+        assert!(e.contains("leaf_id[1]"), "{e}");
+        // Deep heap ids (2^60) are exact.
+        let deep = 1u64 << 60;
+        let v: Value = serde_json::from_str(&format!(
+            r#"{{"node_id":[0, 2, 6, {deep}],"feature":[0,0,0,0],"threshold":[0,1,2,3],
+                "leaf_id":[1,5,13,14],"label":[1,2,3,4]}}"#
+        ))
+        .unwrap();
+        // Node {deep} is unreachable but still validated: it lacks children.
+        let e = Tree::from_json(&v, "m.gz", "tree").unwrap_err().to_string();
+        assert!(e.contains(&deep.to_string()), "{e}");
+    }
+
+    #[test]
     fn rejects_missing_child_and_null_threshold() {
         let v: Value = serde_json::from_str(
             r#"{"node_id":[0],"feature":[0],"threshold":[1.0],"leaf_id":[1],"label":[10]}"#,

@@ -58,6 +58,7 @@ fn read_cases(dir: &Path) -> Vec<Case> {
 #[derive(Default)]
 struct Stats {
     max_rel: f64,
+    max_abs: f64,
     values: usize,
     near_threshold: usize,
 }
@@ -83,6 +84,9 @@ impl Checker<'_> {
         let rel = if diff == 0.0 { 0.0 } else { diff / scale };
         if rel.is_nan() || rel > self.stats.max_rel {
             self.stats.max_rel = rel;
+        }
+        if diff.is_nan() || diff > self.stats.max_abs {
+            self.stats.max_abs = diff;
         }
         // NaN against a number fails both comparisons.
         let ok = diff <= self.abs || rel <= self.tol;
@@ -333,10 +337,11 @@ fn differential_against_dataiku_scoring() {
         report.insert(
             name.clone(),
             format!(
-                "{:>4} rows, {:>5} values, max relative diff {:.1e}{}",
+                "{:>4} rows, {:>5} values, max diff {:.1e} relative, {:.1e} absolute{}",
                 cases.len(),
                 stats.values,
                 stats.max_rel,
+                stats.max_abs,
                 if stats.near_threshold > 0 {
                     format!(", {} labels at the threshold", stats.near_threshold)
                 } else {

@@ -26,6 +26,8 @@ import math
 import os
 import shutil
 import sys
+import time
+import warnings
 import zipfile
 from importlib.metadata import version
 
@@ -45,6 +47,11 @@ from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 import dataikuscoring
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "scoring-cases"
+# dataiku-scoring formats time partition dimensions in the local time zone; pin it.
+os.environ["TZ"] = "UTC"
+time.tzset()
+warnings.filterwarnings("ignore", category=UserWarning)
+warnings.filterwarnings("ignore", message=".*converge.*")
 MODELS = []
 WARNINGS = []
 
@@ -903,6 +910,74 @@ def xgboost_models():
         sanity(name, preds, reg.predict(Xte), atol=1e-4)
 
 
+def xgboost_categorical():
+    """XGBoost's native categorical splits: the raw category codes (category_levels.json) and
+    category_set splits whose members go right."""
+    import xgboost as xgb
+
+    levels = ["red", "green", "blue", "rare1", "rare2", "rare3", "_DKU_NA_"]
+
+    def frame(df):
+        c = [("_DKU_NA_" if v is None else v) for v in col(df, "cat1")]
+        return pd.DataFrame({"num1": df["num1"].values.astype(float), "num2": df["num2"].values.astype(float),
+                             "cat1": pd.Categorical(c, categories=levels)})
+
+    clf = xgb.XGBClassifier(n_estimators=20, max_depth=3, learning_rate=0.3, random_state=0, enable_categorical=True,
+                            tree_method="hist", max_cat_to_onehot=1).fit(frame(TRAIN), (TRAIN["y_bin"] == "yes").astype(int))
+    b = clf.get_booster()
+    fidx = {n: i for i, n in enumerate(b.feature_names)}
+    trees = []
+    n_sets = 0
+    for tj in b.get_dump(dump_format="json"):
+        out = {"node_id": [], "feature": [], "threshold": [], "missing": [], "split_kind": [], "category_set": [],
+               "leaf_id": [], "label": [], "xgboost": True}
+        stack = [(json.loads(tj), 0)]
+        while stack:
+            node, hid = stack.pop()
+            if "leaf" in node:
+                out["leaf_id"].append(hid); out["label"].append(float(node["leaf"])); continue
+            kids = {c["nodeid"]: c for c in node["children"]}
+            out["node_id"].append(hid)
+            out["feature"].append(fidx[node["split"]])
+            if isinstance(node["split_condition"], list):      # categories in the list go right ("yes")
+                left, right = kids[node["no"]], kids[node["yes"]]
+                out["split_kind"].append("category_set"); out["category_set"].append([float(v) for v in node["split_condition"]])
+                out["threshold"].append(None); n_sets += 1
+            else:
+                left, right = kids[node["yes"]], kids[node["no"]]
+                out["split_kind"].append("threshold"); out["category_set"].append(None)
+                out["threshold"].append(float(node["split_condition"]))
+            out["missing"].append("l" if node["missing"] == left["nodeid"] else "r")
+            stack.append((right, 2 * hid + 2))
+            stack.append((left, 2 * hid + 1))
+        trees.append([out])
+    dm = xgb.DMatrix(frame(TRAIN)[:1], enable_categorical=True)
+    margin = float(b.predict(dm, output_margin=True)[0])
+    leaf_ids = b.predict(dm, pred_leaf=True)[0]
+    leaf_sum = 0.0
+    for tj, leaf in zip(b.get_dump(dump_format="json"), leaf_ids):
+        stack = [json.loads(tj)]
+        while stack:
+            n = stack.pop()
+            if n["nodeid"] == leaf and "leaf" in n:
+                leaf_sum += n["leaf"]; break
+            stack.extend(n.get("children", []))
+    params = {"trees": trees, "shrinkage": 1.0, "baseline": [margin - leaf_sum], "calibrator": {}}
+    name = "xgboost_binary_categorical"
+    write_folder(folder(name), model_type="BINARY_PROBABILISTIC", algorithm_name="GRADIENT_BOOSTING_CLASSIFIER",
+                 columns=["num1", "num2", "cat1"], params=params, classes=["no", "yes"],
+                 preprocessing={"category_levels": {"cat1": levels}},
+                 inputs={"num1": "NUMERIC", "num2": "NUMERIC", "cat1": "CATEGORY"}, target="y_bin",
+                 user_meta={"activeClassifierThreshold": 0.5}, rmodeling={"xgboost_grid": {}},
+                 version_info={"trainedWithDSSConfVersion": 13400})
+    _, _, probas = record_cases(name, folder(name), float32=True, notes="%d category_set splits" % n_sets)
+    te = frame(TEST)
+    te["cat1"] = pd.Categorical([v if v in levels else None for v in te["cat1"].astype(object)], categories=levels)
+    sanity(name, probas["yes"], clf.predict_proba(te)[:, 1], atol=1e-5)
+    if n_sets == 0:
+        WARNINGS.append("%s: no category_set split was learned" % name)
+
+
 def lgb_tree_to_dss(tree, cat_codes_feature):
     out = {"node_id": [], "feature": [], "threshold": [], "missing": [], "split_kind": [], "category_set": [],
            "leaf_id": [], "label": [], "lightgbm": True}
@@ -997,6 +1072,33 @@ def partitioned():
     record_cases(name, root, test=test)
 
 
+def partitioned_by_year():
+    """A binary classifier per year of `ts` (a YEAR time dimension read from ISO timestamps)."""
+    name = "partitioned_binary_by_year"
+    root = os.path.join(OUT, name, "model")
+    if os.path.exists(root):
+        shutil.rmtree(root)
+    years = ["2016", "2017", "2018", "2019", "2020"]
+    tr = TRAIN.assign(ts=TRAIN["ts"].fillna("2018-06-01T00:00:00.000000Z"))
+    ty = tr["ts"].str[:4]
+    for y in years:
+        m = (ty == y).values
+        imp = [float(np.nanmean(tr["num1"][m])), float(np.nanmean(tr["num2"][m]))]
+        Xp = np.column_stack([tr["num1"].fillna(imp[0]), tr["num2"].fillna(imp[1])])[m]
+        lr = LogisticRegression(max_iter=2000).fit(Xp, tr["y_bin"][m])
+        sub = os.path.join(root, "parts", escape_partition(y))
+        write_folder(sub, model_type="BINARY_PROBABILISTIC", algorithm_name="LOGISTIC", columns=["num1", "num2"],
+                     params={"policy": "MULTINOMIAL", "coefficients": [[0.0, 0.0]] + lr.coef_.tolist(),
+                             "intercept": [0.0] + lr.intercept_.tolist(), "calibrator": {}},
+                     classes=list(lr.classes_),
+                     preprocessing={"imputed": {"num_columns": ["num1", "num2"], "num_values": imp, "cat_columns": [], "cat_values": []}},
+                     inputs={"num1": "NUMERIC", "num2": "NUMERIC"}, target="y_bin", user_meta={"activeClassifierThreshold": 0.5})
+    dump(os.path.join(root, "dss_pipeline_meta.json"),
+         {"type": "BINARY_PROBABILISTIC", "partitions": years, "partitioning": ["ts"], "partitioningTypes": ["YEAR"]})
+    test = TEST.assign(ts=TEST["ts"].fillna("2019-03-01T08:00:00.000000Z"))   # the reference raises on a null dimension
+    record_cases(name, root, test=test, notes="rows of 2015 and 2021-2024 have no partition")
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     for d in os.listdir(OUT):
@@ -1004,7 +1106,8 @@ if __name__ == "__main__":
             shutil.rmtree(os.path.join(OUT, d))
     np.seterr(all="ignore")
     steps = [logistic_models, ridge_generated_features, text_models, selection_models, sklearn_trees, gbt_models,
-             date_vector_impact_model, mlp_models, clustering_models, xgboost_models, lightgbm_models, partitioned]
+             date_vector_impact_model, mlp_models, clustering_models, xgboost_models, xgboost_categorical, lightgbm_models,
+             partitioned, partitioned_by_year]
     for step in steps:
         step()
     versions = {}
