@@ -134,15 +134,20 @@ pub(crate) fn pairwise_sum_f32(a: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
+    /// glibc's algorithm is within 0.51 ulp of the exact exponential (dataiku-scoring under
+    /// NumPy 2 runs it in float32 arithmetic and is off by up to 16 ulps; docs/scoring.md).
     #[test]
-    fn expf_is_close_to_exp() {
-        for x in [-20.0f32, -1.5, -0.1, 0.0, 0.3, 1.0, 5.5, 30.0] {
+    fn expf_is_within_half_an_ulp() {
+        let mut x = -20.0f32;
+        while x < 20.0 {
             let e = expf(x);
             let want = f64::from(x).exp();
+            let ulp = f64::from(f32::from_bits(e.to_bits() + 1) - e);
             assert!(
-                ((f64::from(e) - want) / want).abs() < 2e-7,
+                (f64::from(e) - want).abs() <= 0.51 * ulp,
                 "{x}: {e} vs {want}"
             );
+            x += 0.001_37;
         }
         assert_eq!(expf(0.0), 1.0);
     }
