@@ -625,6 +625,20 @@ def sklearn_trees():
                      classes=list(est.classes_), preprocessing=TREE_FILES, inputs=TREE_INPUTS, target="y_multi", user_meta={})
         _, _, probas = record_cases(name, folder(name))
         sanity(name, np.column_stack([probas[c] for c in est.classes_]), est.predict_proba(Xte))
+        if algo == "FOREST_CLASSIFIER":
+            # one isotonic curve per class on the probabilities, renormalised
+            cal_df = make_data(400, 6)
+            cal = CalibratedClassifierCV(FrozenEstimator(est), method="isotonic").fit(tree_features(cal_df)[0], cal_df["y_multi"])
+            isos = cal.calibrated_classifiers_[0].calibrators
+            params = dict(params, calibrator={"method": "ISOTONIC", "from_proba": True,
+                                              "x_array": [c.X_thresholds_.tolist() for c in isos],
+                                              "y_array": [c.y_thresholds_.tolist() for c in isos]})
+            name = "forest_multiclass_isotonic"
+            write_folder(folder(name), model_type="MULTICLASS_PROBABILISTIC", algorithm_name=algo, columns=names,
+                         params=params, classes=list(est.classes_), preprocessing=TREE_FILES, inputs=TREE_INPUTS,
+                         target="y_multi", user_meta={})
+            _, _, probas = record_cases(name, folder(name))
+            sanity(name, np.column_stack([probas[c] for c in est.classes_]), cal.predict_proba(Xte))
 
     # binary forest with isotonic calibration from probabilities
     rfc = RandomForestClassifier(n_estimators=15, max_depth=6, random_state=0).fit(Xtr, TRAIN["y_bin"])
@@ -659,13 +673,24 @@ def gbt_models():
         trees = ([[sk_tree_to_dss(s[0], "value")] for s in gb.estimators_] if len(gb.classes_) == 2
                  else [[sk_tree_to_dss(t, "value") for t in s] for s in gb.estimators_])
         name = "gbt_classifier_" + ("binary" if target == "y_bin" else "multiclass")
-        write_folder(folder(name), model_type="BINARY_PROBABILISTIC" if target == "y_bin" else "MULTICLASS_PROBABILISTIC",
-                     algorithm_name="GRADIENT_BOOSTING_CLASSIFIER", columns=names,
-                     params={"trees": trees, "shrinkage": gb.learning_rate, "baseline": baseline, "calibrator": {}},
-                     classes=list(gb.classes_), preprocessing=pre, inputs=TREE_INPUTS, target=target,
-                     user_meta={"activeClassifierThreshold": 0.5})
+        common = dict(model_type="BINARY_PROBABILISTIC" if target == "y_bin" else "MULTICLASS_PROBABILISTIC",
+                      algorithm_name="GRADIENT_BOOSTING_CLASSIFIER", columns=names, classes=list(gb.classes_),
+                      preprocessing=pre, inputs=TREE_INPUTS, target=target, user_meta={"activeClassifierThreshold": 0.5})
+        params = {"trees": trees, "shrinkage": gb.learning_rate, "baseline": baseline, "calibrator": {}}
+        write_folder(folder(name), params=params, **common)
         _, _, probas = record_cases(name, folder(name))
         sanity(name, np.column_stack([probas[c] for c in gb.classes_]), gb.predict_proba(Xte))
+        if target == "y_multi":
+            # one sigmoid per class on the decision function, renormalised
+            cal_df = make_data(400, 5)
+            cal = CalibratedClassifierCV(FrozenEstimator(gb), method="sigmoid").fit(X(cal_df)[0], cal_df[target])
+            sigs = cal.calibrated_classifiers_[0].calibrators
+            params = dict(params, calibrator={"method": "SIGMOID", "from_proba": False,
+                                              "a_array": [float(c.a_) for c in sigs], "b_array": [float(c.b_) for c in sigs]})
+            name = "gbt_multiclass_sigmoid"
+            write_folder(folder(name), params=params, **common)
+            _, _, probas = record_cases(name, folder(name))
+            sanity(name, np.column_stack([probas[c] for c in gb.classes_]), cal.predict_proba(Xte))
     gbr = GradientBoostingRegressor(n_estimators=40, max_depth=3, learning_rate=0.1, random_state=0).fit(Xtr, TRAIN["y_reg"])
     write_folder(folder("gbt_regressor"), model_type="REGRESSION", algorithm_name="GRADIENT_BOOSTING_REGRESSOR", columns=names,
                  params={"trees": [sk_tree_to_dss(s[0], "value") for s in gbr.estimators_], "shrinkage": gbr.learning_rate,
@@ -875,6 +900,12 @@ def xgboost_models():
                  user_meta={"activeClassifierThreshold": 0.5}, rmodeling=rmodeling, version_info=version_info)
     _, _, probas = record_cases("xgboost_binary", folder("xgboost_binary"), float32=True)
     sanity("xgboost_binary", probas["yes"], clf.predict_proba(Xte)[:, 1], atol=1e-5)
+    # The same booster as if trained before DSS 13.4: unrecorded cells read 0, not missing.
+    write_folder(folder("xgboost_binary_pre134"), model_type="BINARY_PROBABILISTIC", algorithm_name="GRADIENT_BOOSTING_CLASSIFIER",
+                 columns=names, params=params, classes=["no", "yes"], preprocessing=TREE_FILES, inputs=TREE_INPUTS, target="y_bin",
+                 user_meta={"activeClassifierThreshold": 0.5}, rmodeling=rmodeling, version_info={"trainedWithDSSConfVersion": 13300})
+    record_cases("xgboost_binary_pre134", folder("xgboost_binary_pre134"), float32=True,
+                 notes="unrecorded value 0 (DSS < 13.4): predictions differ from xgboost_binary")
 
     # multiclass
     classes = sorted(TRAIN["y_multi"].unique())
