@@ -690,6 +690,20 @@ impl Single {
         } else {
             0
         };
+        if !matches!(calibration.method, CalMethod::None)
+            && calibration.n > 2
+            && calibration.n != n_raw
+        {
+            return Err(Error::invalid(
+                &gz_file,
+                "calibrator",
+                format!(
+                    "calibrates {} classes but {} outputs {n_raw}",
+                    calibration.n,
+                    algo.name()
+                ),
+            ));
+        }
         let n_probs = match (&calibration.method, task) {
             (_, Task::Regression | Task::Clustering) => 0,
             (CalMethod::None, _) => n_raw,
@@ -1283,6 +1297,20 @@ fn load_partitioned(files: &Files, meta: MetaJson, parts: Vec<String>) -> Result
     let first = parts[0].clone();
     let f = &loaded[&first];
     for p in &parts[1..] {
+        let names = |s: &Single| {
+            s.pipeline
+                .inputs
+                .iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>()
+        };
+        if names(&loaded[p]) != names(f) {
+            return Err(Error::invalid(
+                &files.shown(&format!("parts/{}/split/split.json", escape_partition(p))),
+                "schema.columns",
+                format!("partition `{p}` has other input columns than partition `{first}`"),
+            ));
+        }
         if loaded[p].classes != f.classes || loaded[p].task != f.task {
             return Err(Error::invalid(
                 &files.shown(&format!("parts/{}/{META}", escape_partition(p))),

@@ -395,3 +395,47 @@ fn missing_cyclical_dates_and_vectors_are_missing_features() {
         .to_string();
     assert!(e.contains("`v`") && e.contains("element 1"), "{e}");
 }
+
+#[test]
+fn calibration_must_fit_the_classes() {
+    let f = Fixture::binary();
+    f.write_gz(
+        r#"{"policy": "MULTINOMIAL", "coefficients": [[0, 0, 0, 0], [0.5, 1.0, -1.0, 0.25]],
+            "intercept": [0, -0.2], "calibrator": {"method": "SIGMOID", "from_proba": true,
+            "a_array": [1, 2, 3], "b_array": [0, 0, 0]}}"#,
+    );
+    let e = load_err(&f);
+    assert!(e.contains("calibrator") && e.contains("3 classes"), "{e}");
+    f.write_gz(
+        r#"{"policy": "MULTINOMIAL", "coefficients": [[0, 0, 0, 0], [0.5, 1.0, -1.0, 0.25]],
+            "intercept": [0, -0.2], "calibrator": {"method": "BETA", "from_proba": true}}"#,
+    );
+    let e = load_err(&f);
+    assert!(e.contains("BETA"), "{e}");
+}
+
+#[test]
+fn tree_errors_name_the_tree() {
+    let f = Fixture::binary();
+    f.write(
+        "dss_pipeline_meta.json",
+        r#"{"type": "BINARY_PROBABILISTIC", "algorithm_name": "FOREST_CLASSIFIER",
+            "columns": ["num1", "dummy:cat1:a", "dummy:cat1:__Others__", "day"], "classes": ["no", "yes"]}"#,
+    );
+    f.write_gz(
+        r#"{"trees": [
+            {"node_id": [0], "feature": [0], "threshold": [1.0], "leaf_id": [1, 2], "label": [[1, 0], [0, 1]]},
+            {"node_id": [0], "feature": [7], "threshold": [1.0], "leaf_id": [1, 2], "label": [[1, 0], [0, 1]]}]}"#,
+    );
+    let e = load_err(&f);
+    assert!(e.contains("feature 7") && e.contains("produces 4"), "{e}");
+    f.write_gz(
+        r#"{"trees": [
+            {"node_id": [0], "feature": [0], "threshold": [1.0], "leaf_id": [1, 2], "label": [[1, 0], null]}]}"#,
+    );
+    let e = load_err(&f);
+    assert!(
+        e.contains("trees[0].label[1]") && e.contains("no label"),
+        "{e}"
+    );
+}
