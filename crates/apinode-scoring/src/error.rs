@@ -115,6 +115,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// A positional row does not have one value per input column.
+    #[error("{}a positional row has {len} values; the model's input columns are {columns}", row_prefix(*row))]
+    RowLength {
+        row: Option<usize>,
+        len: usize,
+        columns: String,
+    },
+
     /// A batch's columns disagree about the number of rows.
     #[error("batch column `{column}` has {len} rows, but the batch has {expected}")]
     BatchShape {
@@ -153,6 +161,11 @@ impl Error {
                 column,
                 value,
                 reason,
+            },
+            Error::RowLength { len, columns, .. } => Error::RowLength {
+                row: Some(r),
+                len,
+                columns,
             },
             other => other,
         }

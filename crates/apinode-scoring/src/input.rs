@@ -52,6 +52,11 @@ pub trait Record {
     /// The value of `column`; `position` is its index in [`crate::Model::input_columns`].
     /// An absent column is [`Cell::Null`].
     fn cell(&self, column: &str, position: usize) -> Cell<'_>;
+
+    /// For positional records, the number of values (checked against the input columns).
+    fn positional_len(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl Record for Map<String, Value> {
@@ -70,6 +75,21 @@ impl<S: std::hash::BuildHasher> Record for HashMap<String, Value, S> {
 impl Record for [Value] {
     fn cell(&self, _: &str, position: usize) -> Cell<'_> {
         self.get(position).map_or(Cell::Null, Cell::Json)
+    }
+
+    fn positional_len(&self) -> Option<usize> {
+        Some(self.len())
+    }
+}
+
+/// A positional row, as for `[Value]`.
+impl Record for Vec<Value> {
+    fn cell(&self, column: &str, position: usize) -> Cell<'_> {
+        self.as_slice().cell(column, position)
+    }
+
+    fn positional_len(&self) -> Option<usize> {
+        Some(self.len())
     }
 }
 

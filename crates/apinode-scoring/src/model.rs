@@ -1119,8 +1119,25 @@ impl Model {
         self.first().algo.is_f32()
     }
 
+    fn check_len<R: Record + ?Sized>(&self, record: &R) -> Result<()> {
+        let inputs = &self.first().pipeline.inputs;
+        match record.positional_len() {
+            Some(len) if len != inputs.len() => Err(Error::RowLength {
+                row: None,
+                len,
+                columns: inputs
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Scores one record.
     pub fn predict<R: Record + ?Sized>(&self, record: &R) -> Result<Prediction> {
+        self.check_len(record)?;
         let mut out = self.results(1);
         match &self.inner {
             Inner::Single(s) => {
@@ -1150,6 +1167,7 @@ impl Model {
             Inner::Single(s) => {
                 let mut scratch = s.scratch();
                 for (i, r) in records.iter().enumerate() {
+                    self.check_len(r).map_err(|e| e.at_row(i))?;
                     s.score(&mut |pos, name| r.cell(name, pos), &mut scratch, &mut out)
                         .map_err(|e| e.at_row(i))?;
                 }
@@ -1157,6 +1175,7 @@ impl Model {
             Inner::Partitioned(p) => {
                 let mut scratches = HashMap::new();
                 for (i, r) in records.iter().enumerate() {
+                    self.check_len(r).map_err(|e| e.at_row(i))?;
                     p.score(&mut |pos, name| r.cell(name, pos), &mut scratches, &mut out)
                         .map_err(|e| e.at_row(i))?;
                 }

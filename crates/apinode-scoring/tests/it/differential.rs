@@ -205,6 +205,37 @@ fn batch_of<'a>(model: &Model, cols: &'a [(String, Vec<Value>)], n: usize) -> Ba
     b
 }
 
+/// Every input column of a valid row, in turn, gets values of every JSON type and odd numbers:
+/// scoring answers or fails with an error, and never panics.
+fn hostile_values_do_not_panic(model: &Model, base: &Map<String, Value>) {
+    let hostile = [
+        Value::Bool(true),
+        serde_json::json!(-1e308),
+        serde_json::json!(1e308),
+        serde_json::json!(-0.0),
+        serde_json::json!(u64::MAX),
+        serde_json::json!(i64::MIN),
+        serde_json::json!(""),
+        serde_json::json!("x"),
+        serde_json::json!("9999-12-31T23:59:59.999999Z"),
+        serde_json::json!("0001-01-01"),
+        serde_json::json!("[1e308, -1e308, null]"),
+        serde_json::json!([1, 2]),
+        serde_json::json!({"a": 1}),
+        serde_json::json!("ÉTÉ naïve ß ǅ ٣ 𝟘𝟙"),
+    ];
+    let columns: Vec<String> = model.input_columns().map(str::to_owned).collect();
+    for c in &columns {
+        for h in &hostile {
+            let mut r = base.clone();
+            r.insert(c.clone(), h.clone());
+            let _ = model.predict(&r);
+        }
+    }
+    let positional: Vec<Value> = vec![Value::Null; columns.len() + 2];
+    let _ = model.predict(positional.as_slice());
+}
+
 #[test]
 fn differential_against_dataiku_scoring() {
     let Some(root) = std::env::var_os("APINODE_SCORING_CASES").map(PathBuf::from) else {
@@ -265,6 +296,7 @@ fn differential_against_dataiku_scoring() {
         }
 
         let cases = read_cases(&dir);
+        hostile_values_do_not_panic(&model, &cases[0].input);
         let records: Vec<Map<String, Value>> = cases.iter().map(|c| c.input.clone()).collect();
         let (tol, abs) = if f32 {
             (TOL_F32, ABS_F32)

@@ -243,6 +243,13 @@ fn positional_rows_and_typed_batches() {
         .unwrap();
     let positional: Vec<Value> = vec![json!(4.0), json!("b"), json!("2001-02-03")];
     assert_eq!(m.predict(positional.as_slice()).unwrap(), by_name);
+    let short: Vec<Value> = vec![json!(4.0), json!("b")];
+    let e = m.predict(short.as_slice()).unwrap_err();
+    assert!(matches!(e, Error::RowLength { len: 2, .. }), "{e}");
+    assert!(e.to_string().contains("num1, cat1, day"), "{e}");
+    let rows = vec![positional.clone(), short];
+    let e = m.predict_records(&rows).unwrap_err().to_string();
+    assert!(e.contains("row 1") && e.contains("2 values"), "{e}");
 
     let num1 = [4.0, f64::NAN];
     let cat1 = [Some("b"), None];
