@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
-//! - `ci`: everything CI checks, in order: fmt, lint, build, Rust tests, Python conformance
-//!   tests against the debug binary. If it passes locally, CI passes.
+//! - `ci`: everything CI checks, in order: fmt, build, lint, the Python virtualenv, the
+//!   scoring differential cases (models trained and scored by `dataiku-scoring`), Rust tests,
+//!   benchmark smoke, Python conformance tests against the debug binary. If it passes locally,
+//!   CI passes.
 //! - `lint`: clippy with `-D warnings`, plus the architecture rules (only `apinode-lookup`
 //!   may depend on DataFusion; libraries don't use anyhow; every crate root has `//!` docs).
 //! - `fmt`: `cargo fmt --all`.
@@ -17,9 +19,16 @@ use std::time::Instant;
 /// Crates allowed to depend on DataFusion (the lookup/SQL engine, later the log reader).
 /// Dev-dependencies do not count: the benchmarks compare against DataFusion.
 const DATAFUSION_ALLOWED: &[&str] = &["apinode-lookup"];
-/// Pinned Python requirements of the conformance tests.
-const PYTHON_REQUIREMENTS: &str = "crates/apinode-server/tests/python/requirements.txt";
+/// Pinned Python requirements, installed into one virtualenv: the conformance tests' (the
+/// official client) and the scoring differential tests' (dataiku-scoring and the libraries
+/// that train the models it reads).
+const PYTHON_REQUIREMENTS: &[&str] = &[
+    "crates/apinode-server/tests/python/requirements.txt",
+    "crates/apinode-scoring/tests/python/requirements.txt",
+];
 const PYTHON_TESTS: &str = "crates/apinode-server/tests/python";
+/// Writes model exports and dataiku-scoring's predictions on them for the differential test.
+const SCORING_GENERATOR: &str = "crates/apinode-scoring/tests/python/make_models.py";
 
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -96,8 +105,14 @@ fn ci(root: &Path) -> anyhow::Result<()> {
         run(cargo().args(["build", "--workspace", "--all-targets", "--locked"]))
     })?;
     step("lint", || lint(root))?;
+    let python = step("python virtualenv", || python_venv(root))?;
+    let cases = step("scoring cases from dataiku-scoring", || {
+        scoring_cases(root, &python)
+    })?;
     step("rust tests", || {
-        run(cargo().args(["test", "--workspace", "--locked"]))
+        run(cargo()
+            .args(["test", "--workspace", "--locked"])
+            .env("APINODE_SCORING_CASES", &cases))
     })?;
     // Each benchmark once, on a small table, so they never rot (figures come from `bench`).
     step("benchmark smoke", || {
@@ -105,7 +120,7 @@ fn ci(root: &Path) -> anyhow::Result<()> {
             .args(["test", "--workspace", "--benches", "--locked"])
             .env("APINODE_BENCH_ROWS", "10000"))
     })?;
-    step("python conformance tests", || python_tests(root))?;
+    step("python conformance tests", || python_tests(root, &python))?;
     eprintln!("\nci passed in {:.0}s", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -205,46 +220,80 @@ fn target_dir() -> anyhow::Result<PathBuf> {
     ))
 }
 
-/// Creates (or reuses) a virtualenv with the pinned requirements, then runs pytest against
-/// the debug binary. Fails, never skips, when Python is missing.
-fn python_tests(root: &Path) -> anyhow::Result<()> {
-    let target = target_dir()?;
-    let venv = target.join("py-venv");
+/// Creates (or reuses) the virtualenv with every pinned requirement; returns its python.
+/// Fails, never skips, when Python is missing.
+fn python_venv(root: &Path) -> anyhow::Result<PathBuf> {
+    let venv = target_dir()?.join("py-venv");
     let python = venv.join("bin/python");
-    let requirements = std::fs::read(root.join(PYTHON_REQUIREMENTS))
-        .with_context(|| format!("cannot read {PYTHON_REQUIREMENTS}"))?;
-    let stamp = venv.join("requirements.sha256");
-    let wanted = hex::encode(Sha256::digest(&requirements));
-    let current = std::fs::read_to_string(&stamp).unwrap_or_default();
-    if !python.exists() || current.trim() != wanted {
-        let system_python = which_python()?;
-        if venv.exists() {
-            std::fs::remove_dir_all(&venv)?;
-        }
-        run(Command::new(&system_python)
-            .arg("-m")
-            .arg("venv")
-            .arg(&venv))?;
-        run(Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-            ])
-            .arg(root.join(PYTHON_REQUIREMENTS)))?;
-        std::fs::write(&stamp, &wanted)?;
+    let mut hasher = Sha256::new();
+    for file in PYTHON_REQUIREMENTS {
+        hasher
+            .update(std::fs::read(root.join(file)).with_context(|| format!("cannot read {file}"))?);
     }
-    let binary = target.join("debug/apinode");
+    let wanted = hex::encode(hasher.finalize());
+    let stamp = venv.join("requirements.sha256");
+    let current = std::fs::read_to_string(&stamp).unwrap_or_default();
+    if python.exists() && current.trim() == wanted {
+        return Ok(python);
+    }
+    let system_python = which_python()?;
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)?;
+    }
+    run(Command::new(&system_python)
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv))?;
+    let mut install = Command::new(&python);
+    install.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]);
+    for file in PYTHON_REQUIREMENTS {
+        install.arg("-r").arg(root.join(file));
+    }
+    run(&mut install)?;
+    std::fs::write(&stamp, &wanted)?;
+    Ok(python)
+}
+
+/// Generates the scoring differential test's models and reference predictions, again only
+/// when the generator or the requirements changed; returns the cases directory.
+fn scoring_cases(root: &Path, python: &Path) -> anyhow::Result<PathBuf> {
+    let cases = target_dir()?.join("scoring-cases");
+    let mut hasher = Sha256::new();
+    for file in PYTHON_REQUIREMENTS.iter().chain([&SCORING_GENERATOR]) {
+        hasher
+            .update(std::fs::read(root.join(file)).with_context(|| format!("cannot read {file}"))?);
+    }
+    let wanted = hex::encode(hasher.finalize());
+    let stamp = target_dir()?.join("scoring-cases.sha256");
+    if cases.join("manifest.json").exists()
+        && std::fs::read_to_string(&stamp).unwrap_or_default().trim() == wanted
+    {
+        eprintln!("scoring cases up to date in {}", cases.display());
+        return Ok(cases);
+    }
+    run(Command::new(python)
+        .arg(root.join(SCORING_GENERATOR))
+        .arg(&cases))?;
+    std::fs::write(&stamp, &wanted)?;
+    Ok(cases)
+}
+
+/// Runs pytest against the debug binary.
+fn python_tests(root: &Path, python: &Path) -> anyhow::Result<()> {
+    let binary = target_dir()?.join("debug/apinode");
     if !binary.exists() {
         bail!(
             "{} is missing: the build step should have produced it",
             binary.display()
         );
     }
-    run(Command::new(&python)
+    run(Command::new(python)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .arg(root.join(PYTHON_TESTS))
         .env("APINODE_BIN", &binary))
