@@ -6,7 +6,7 @@
 //!
 //! What it is not: no HTTP, routing or JSON request parsing (the server does that and hands
 //! over parsed bodies); no bundle parsing of its own (`apinode-bundle`) and no lookup engine
-//! of its own (`apinode-lookup`).
+//! of its own (`apinode-lookup`), no model scorer of its own (`apinode-scoring`).
 //!
 //! Invariants: a generation is fully loaded before it can be activated, and a generation that
 //! fails to load never replaces a serving one; a service's active set is swapped atomically,
@@ -17,6 +17,7 @@ mod admin_keys;
 mod error;
 mod generation;
 mod metrics;
+mod prediction;
 mod runtime;
 mod state;
 
@@ -24,6 +25,7 @@ pub use admin_keys::AdminKeyInfo;
 pub use error::{Error, Result};
 pub use generation::{Credentials, MemoryReport, SERVED_KINDS, memory_report};
 pub use metrics::{EndpointMetrics, Metrics, ServiceMetrics};
+pub use prediction::{ignore_reason_code, result_json as prediction_result_json};
 pub use runtime::{
     Action, CallRequest, CallResponse, Dispatch, GenerationInfo, GenerationsView, LookupItem,
     LookupOutput, Output, Runtime, RuntimeConfig, ServiceSummary,

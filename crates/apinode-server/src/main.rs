@@ -5,6 +5,7 @@ mod bundle_cmd;
 mod config;
 mod demo;
 mod http;
+mod model_cmd;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -30,8 +31,22 @@ enum Command {
         #[command(subcommand)]
         command: BundleCommand,
     },
+    /// Check a Dataiku visual-model export (folder, model.zip or export zip) before bundling it.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
     /// Build the example customers service, start a node serving it, print example queries.
     Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Print what the model is: task, algorithm, preprocessing, input features, classes.
+    Inspect { path: PathBuf },
+    /// Score JSON lines of feature objects read on stdin; write one `result` object per line
+    /// (`prediction`, `probas` keyed by class, `ignored`), as the `predict` route answers.
+    Predict { path: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,6 +82,10 @@ fn main() -> anyhow::Result<()> {
                 version,
             } => bundle_cmd::build(&dir, &output, version),
             BundleCommand::Inspect { file, json } => bundle_cmd::inspect(&file, json),
+        },
+        Command::Model { command } => match command {
+            ModelCommand::Inspect { path } => model_cmd::inspect(&path),
+            ModelCommand::Predict { path } => model_cmd::predict(&path),
         },
         Command::Demo(args) => demo::run(args),
     }

@@ -1,9 +1,10 @@
 //! End-to-end tests of the `apinode` binary: build a bundle with the CLI, serve it on a free
-//! loopback port, query over HTTP, restart on the same data directory.
+//! loopback port, query over HTTP, restart on the same data directory; `apinode model` on the
+//! Dataiku exports generated for the scoring differential test.
 
 use reqwest::blocking::{Client, Response};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -384,4 +385,155 @@ fn demo_serves_the_example_service_and_prints_working_commands() {
     assert_eq!(status, 200, "{body}");
     assert!(body["results"][0]["data"]["customer_id"].is_i64(), "{body}");
     node.stop();
+}
+
+/// The generated Dataiku exports and dataiku-scoring's answers (`cargo xtask ci` sets this).
+fn scoring_cases() -> PathBuf {
+    PathBuf::from(std::env::var_os("APINODE_SCORING_CASES").expect(
+        "APINODE_SCORING_CASES is not set: `cargo xtask ci` generates the model exports; \
+         see crates/apinode-scoring/tests/it/differential.rs",
+    ))
+}
+
+/// `apinode model predict` on a model, with the first `n` inputs of its cases on stdin.
+fn model_predict(model: &str, n: usize) -> (Vec<Value>, Vec<Value>) {
+    let dir = scoring_cases().join(model);
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("info.json")).unwrap()).unwrap();
+    let cases: Vec<Value> = std::fs::read_to_string(dir.join("cases.jsonl"))
+        .unwrap()
+        .lines()
+        .take(n)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Interleave blank lines: they are skipped.
+    let stdin: String = cases
+        .iter()
+        .map(|c| format!("{}\n\n", c["input"]))
+        .collect();
+    let mut child = Command::new(BIN)
+        .args(["model", "predict"])
+        .arg(dir.join(info["path"].as_str().unwrap()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (cases, results)
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-300)
+}
+
+#[test]
+fn model_cli_predicts_what_dataiku_scoring_predicts() {
+    // Binary classification: label and probabilities keyed by class.
+    let (cases, results) = model_predict("binary_logistic", 50);
+    assert_eq!(results.len(), cases.len());
+    for (case, result) in cases.iter().zip(&results) {
+        assert_eq!(result["prediction"], case["prediction"], "{case}");
+        assert_eq!(result["ignored"], json!(false));
+        for (class, p) in case["probabilities"].as_object().unwrap() {
+            let got = result["probas"][class].as_f64().unwrap();
+            assert!(close(got, p.as_f64().unwrap()), "{class}: {got} vs {p}");
+        }
+    }
+    // Regression with drop rows: a number, or ignored where the reference gives nothing.
+    let (cases, results) = model_predict("rf_regressor_drop_rows", 300);
+    let mut ignored = 0;
+    for (case, result) in cases.iter().zip(&results) {
+        match case["prediction"].as_f64() {
+            Some(expected) => {
+                assert!(
+                    close(result["prediction"].as_f64().unwrap(), expected),
+                    "{case} {result}"
+                );
+                assert!(result.get("probas").is_none());
+            }
+            None => {
+                ignored += 1;
+                assert_eq!(result["ignored"], json!(true), "{case} {result}");
+                assert_eq!(result["ignoreReason"], json!("ROW_DROPPED_BY_MODEL"));
+            }
+        }
+    }
+    assert!(ignored > 0, "the cases include dropped rows");
+    // Clustering: the (renamed) cluster label.
+    let (cases, results) = model_predict("kmeans", 50);
+    for (case, result) in cases.iter().zip(&results) {
+        assert_eq!(result["prediction"], case["prediction"], "{case}");
+    }
+}
+
+#[test]
+fn model_cli_names_the_bad_line_and_inspects() {
+    let dir = scoring_cases().join("binary_logistic/model");
+    let run = |stdin: &str| {
+        let mut child = Command::new(BIN)
+            .args(["model", "predict"])
+            .arg(&dir)
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, _, stderr) = run("{\"num1\": 1}\nnot json\n");
+    assert!(!ok);
+    assert!(
+        stderr.contains("stdin line 2: expected a JSON object"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run("{\"num1\": 1}\n\n{\"num1\": \"abc\"}\n");
+    assert!(!ok);
+    assert!(stderr.contains("stdin line 3"), "{stderr}");
+    assert!(stderr.contains("`num1`"), "{stderr}");
+
+    let output = Command::new(BIN)
+        .args(["model", "inspect"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("task: BINARY_PROBABILISTIC"), "{text}");
+    assert!(text.contains("classes: no, yes"), "{text}");
+    let output = Command::new(BIN)
+        .args(["model", "inspect", "/nonexistent/model"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/model"));
 }
