@@ -172,28 +172,17 @@ pub(crate) fn write_date(out: &mut Vec<u8>, days: i64) {
     let (year, month, day) = civil_from_days(days);
     let digit = |n: u32| b'0' + (n % 10) as u8;
     if (0..=9999).contains(&year) {
-        // The common case in one copy rather than ten pushes.
         let y = year as u32;
-        out.extend_from_slice(&[
-            digit(y / 1000),
-            digit(y / 100),
-            digit(y / 10),
-            digit(y),
-            b'-',
-            digit(month / 10),
-            digit(month),
-            b'-',
-            digit(day / 10),
-            digit(day),
-        ]);
-        return;
+        out.extend_from_slice(&[digit(y / 1000), digit(y / 100), digit(y / 10), digit(y)]);
+    } else {
+        out.push(if year < 0 { b'-' } else { b'+' });
+        let digits = itoa::Buffer::new().format(year.unsigned_abs()).to_owned();
+        for _ in digits.len()..4 {
+            out.push(b'0');
+        }
+        out.extend_from_slice(digits.as_bytes());
     }
-    out.push(if year < 0 { b'-' } else { b'+' });
-    let digits = itoa::Buffer::new().format(year.unsigned_abs()).to_owned();
-    for _ in digits.len()..4 {
-        out.push(b'0');
-    }
-    out.extend_from_slice(digits.as_bytes());
+    // One copy rather than six pushes.
     out.extend_from_slice(&[
         b'-',
         digit(month / 10),

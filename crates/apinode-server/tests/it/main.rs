@@ -411,9 +411,22 @@ fn model_predict(model: &str, n: usize) -> (Vec<Value>, Vec<Value>) {
         .iter()
         .map(|c| format!("{}\n\n", c["input"]))
         .collect();
+    let (ok, stdout, stderr) =
+        model_predict_stdin(&dir.join(info["path"].as_str().unwrap()), &stdin);
+    assert!(ok, "{stderr}");
+    let results = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (cases, results)
+}
+
+/// Runs `apinode model predict MODEL` with `stdin`: (success, stdout, stderr).
+fn model_predict_stdin(model: &Path, stdin: &str) -> (bool, String, String) {
     let mut child = Command::new(BIN)
         .args(["model", "predict"])
-        .arg(dir.join(info["path"].as_str().unwrap()))
+        .arg(model)
+        .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -426,17 +439,11 @@ fn model_predict(model: &str, n: usize) -> (Vec<Value>, Vec<Value>) {
         .write_all(stdin.as_bytes())
         .unwrap();
     let output = child.wait_with_output().unwrap();
-    assert!(
+    (
         output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (cases, results)
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -486,29 +493,7 @@ fn model_cli_predicts_what_dataiku_scoring_predicts() {
 #[test]
 fn model_cli_names_the_bad_line_and_inspects() {
     let dir = scoring_cases().join("binary_logistic/model");
-    let run = |stdin: &str| {
-        let mut child = Command::new(BIN)
-            .args(["model", "predict"])
-            .arg(&dir)
-            .env("RUST_BACKTRACE", "0")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let run = |stdin: &str| model_predict_stdin(&dir, stdin);
     let (ok, _, stderr) = run("{\"num1\": 1}\nnot json\n");
     assert!(!ok);
     assert!(
