@@ -52,26 +52,37 @@ impl Files {
             let bytes = read_path(path)?;
             let origin = format!("zip `{shown}`");
             let entries = unzip(&bytes, &origin)?;
-            if entries.contains_key(META) || entries.contains_key(MLFLOW) {
-                Files::mem(origin, entries)
-            } else if let Some(inner) = entries.get("model.zip") {
-                let origin = format!("`model.zip` of export `{shown}`");
-                Files::mem(origin.clone(), unzip(inner, &origin)?)
-            } else {
-                return Err(Error::NotAModel { origin });
-            }
+            Files::from_entries(origin, entries)?
         };
-        if files.exists(MLFLOW) {
+        files.check_is_model()
+    }
+
+    /// The files of a model folder, or of an export folder holding `model.zip`, already in
+    /// memory (keys are paths relative to the folder, `/`-separated).
+    pub(crate) fn from_entries(origin: String, entries: HashMap<String, Vec<u8>>) -> Result<Files> {
+        let files = if entries.contains_key(META) || entries.contains_key(MLFLOW) {
+            Files::mem(origin, entries)
+        } else if let Some(inner) = entries.get("model.zip") {
+            let origin = format!("`model.zip` of {origin}");
+            Files::mem(origin.clone(), unzip(inner, &origin)?)
+        } else {
+            return Err(Error::NotAModel { origin });
+        };
+        files.check_is_model()
+    }
+
+    fn check_is_model(self) -> Result<Files> {
+        if self.exists(MLFLOW) {
             return Err(Error::MlflowModel {
-                origin: files.origin,
+                origin: self.origin,
             });
         }
-        if !files.exists(META) {
+        if !self.exists(META) {
             return Err(Error::NotAModel {
-                origin: files.origin,
+                origin: self.origin,
             });
         }
-        Ok(files)
+        Ok(self)
     }
 
     fn mem(origin: String, entries: HashMap<String, Vec<u8>>) -> Files {

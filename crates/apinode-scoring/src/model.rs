@@ -1080,7 +1080,17 @@ impl fmt::Display for ModelSummary {
 impl Model {
     /// Loads a model folder, a `model.zip`, or an export (zip or folder) holding `model.zip`.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
-        let files = Files::open(path.as_ref())?;
+        Model::from_loaded_files(Files::open(path.as_ref())?)
+    }
+
+    /// Loads a model from files already in memory (a bundle's copy of a model folder): paths
+    /// relative to the folder, `/`-separated, mapped to their bytes. A folder holding only
+    /// `model.zip` (an unpacked export) works too. `origin` names the model in errors.
+    pub fn from_files(origin: impl Into<String>, files: HashMap<String, Vec<u8>>) -> Result<Model> {
+        Model::from_loaded_files(Files::from_entries(origin.into(), files)?)
+    }
+
+    fn from_loaded_files(files: Files) -> Result<Model> {
         let meta = read_meta(&files)?;
         let inner = if let Some(parts) = meta.partitions.clone() {
             Inner::Partitioned(Box::new(load_partitioned(&files, meta, parts)?))

@@ -65,6 +65,58 @@ fn model_zip_and_export_zip_load() {
 }
 
 #[test]
+fn models_load_from_files_in_memory() {
+    let f = Fixture::binary();
+    let r = rec(json!({"num1": 1.5, "cat1": "zz", "day": "2001-02-03"}));
+    let want = Model::load(f.path()).unwrap().predict(&r).unwrap();
+    // A model folder's files, as a bundle holds them.
+    let mut files = std::collections::HashMap::new();
+    for entry in walk(f.path()) {
+        let name = entry
+            .strip_prefix(f.path())
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        files.insert(name, std::fs::read(&entry).unwrap());
+    }
+    let model = Model::from_files("bundle model `churn`", files.clone()).unwrap();
+    assert_eq!(model.predict(&r).unwrap(), want);
+    // An unpacked export: a folder holding only model.zip.
+    let out = tempfile::tempdir().unwrap();
+    f.zip_to(&out.path().join("model.zip"));
+    let zipped = std::collections::HashMap::from([(
+        "model.zip".to_owned(),
+        std::fs::read(out.path().join("model.zip")).unwrap(),
+    )]);
+    assert_eq!(
+        Model::from_files("export", zipped)
+            .unwrap()
+            .predict(&r)
+            .unwrap(),
+        want
+    );
+    // Neither: the error names the origin.
+    files.retain(|name, _| !name.starts_with("dss_pipeline_meta"));
+    let err = Model::from_files("bundle model `churn`", files)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bundle model `churn`"), "{err}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
 fn missing_and_truncated_files() {
     let f = Fixture::binary();
     f.remove("split/split.json");
