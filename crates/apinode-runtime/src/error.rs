@@ -4,7 +4,8 @@ use thiserror::Error;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What went wrong in a runtime operation. The variants group by what the caller can do:
-/// fix the request (`NotFound`, `Conflict`, `Invalid*`, `Lookup`), fix the bundle (`Bundle`,
+/// fix the request (`NotFound`, `Conflict`, `Invalid*`, `Lookup`, `Enrichment`, `Scoring`
+/// when its source is an input error), fix the bundle (`Bundle`,
 /// `Unservable`), authenticate (`Unauthorized`), wait or activate (`Unavailable`), or look at
 /// the node's storage (`Storage`).
 #[derive(Debug, Error)]
@@ -38,6 +39,22 @@ pub enum Error {
         #[source]
         source: apinode_lookup::Error,
     },
+    /// An enrichment lookup rejected a prediction record (missing or invalid key, no match or
+    /// several matches when the step is configured to fail). `step` indexes `enrich`.
+    #[error("{}enrich[{step}]: {source}", item_prefix(*item))]
+    Enrichment {
+        item: Option<usize>,
+        step: usize,
+        #[source]
+        source: apinode_lookup::Error,
+    },
+    /// The model cannot score a record (a feature value of the wrong type, for instance).
+    #[error("{}features: {source}", item_prefix(*item))]
+    Scoring {
+        item: Option<usize>,
+        #[source]
+        source: apinode_scoring::Error,
+    },
     /// The archive is not a valid bundle.
     #[error("invalid bundle {origin}: {source}")]
     Bundle {
@@ -65,6 +82,11 @@ pub enum Error {
     /// The node's state file is unreadable.
     #[error("node state file {} is corrupt: {message}", path.display())]
     CorruptState { path: PathBuf, message: String },
+}
+
+/// `items[i].` for an item of a multi query, nothing for a single one.
+fn item_prefix(item: Option<usize>) -> String {
+    item.map(|i| format!("items[{i}].")).unwrap_or_default()
 }
 
 impl Error {

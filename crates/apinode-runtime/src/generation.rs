@@ -1,20 +1,28 @@
 //! A generation loaded for serving: every endpoint built (datasets read from Parquet and
-//! indexed), its auth settings ready. Loading is all-or-nothing: a generation that cannot
-//! serve every endpoint is refused with the reason.
+//! indexed, models loaded), its auth settings ready. Loading is all-or-nothing: a generation
+//! that cannot serve every endpoint is refused with the reason.
 
 use crate::error::{Error, Result};
 use crate::metrics::EndpointStats;
 use apinode_bundle::{
-    AuthMode, Bundle, DatasetSource, EndpointKind, LookupAction as SpecAction, LookupSpec, Manifest,
+    AuthMode, Bundle, DatasetSource, EndpointKind, EndpointSpec, LookupAction as SpecAction,
+    LookupSpec, Manifest,
 };
-use apinode_lookup::{KeyColumn, Lookup, LookupAction, LookupConfig, OutputColumn, Table};
+use apinode_lookup::{
+    Enrichment, KeyColumn, Lookup, LookupAction, LookupConfig, OutputColumn, Table,
+};
+use apinode_scoring::{Model, Task};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// The endpoint kinds this node serves today.
-pub const SERVED_KINDS: &[EndpointKind] = &[EndpointKind::DatasetLookup];
+pub const SERVED_KINDS: &[EndpointKind] = &[
+    EndpointKind::DatasetLookup,
+    EndpointKind::Prediction,
+    EndpointKind::Clustering,
+];
 
 #[derive(Debug)]
 pub(crate) struct LoadedGeneration {
@@ -34,6 +42,27 @@ pub(crate) struct Endpoint {
 #[derive(Debug)]
 pub(crate) enum Handler {
     Lookup(Lookup),
+    Predict(PredictEndpoint),
+}
+
+/// A `prediction` or `clustering` endpoint: a visual model, and the lookups that enrich each
+/// record before it is scored.
+#[derive(Debug)]
+pub(crate) struct PredictEndpoint {
+    pub(crate) model: Model,
+    pub(crate) enrichment: Enrichment,
+    /// Answer each record's features after enrichment as `postEnrich`.
+    pub(crate) return_post_enrich: bool,
+}
+
+impl Handler {
+    /// Every lookup the endpoint uses: its own, or its enrichment steps.
+    fn lookups(&self) -> &[Lookup] {
+        match self {
+            Handler::Lookup(lookup) => std::slice::from_ref(lookup),
+            Handler::Predict(predict) => predict.enrichment.steps(),
+        }
+    }
 }
 
 impl LoadedGeneration {
@@ -71,6 +100,9 @@ impl LoadedGeneration {
                         .map_err(|e| unservable(format!("endpoint `{}`: {e}", spec.id)))?;
                     Handler::Lookup(lookup)
                 }
+                EndpointKind::Prediction | EndpointKind::Clustering => Handler::Predict(
+                    load_predict(bundle, &mut tables, spec).map_err(unservable)?,
+                ),
                 other => {
                     return Err(unservable(format!(
                         "endpoint `{}` is of kind `{other}`, which this node cannot serve yet",
@@ -99,20 +131,79 @@ impl LoadedGeneration {
     pub(crate) fn resident_bytes(&self) -> usize {
         let mut seen = Vec::new();
         let mut total = 0;
-        for endpoint in self.endpoints.values() {
-            match &endpoint.handler {
-                Handler::Lookup(lookup) => {
-                    total += lookup.index_bytes();
-                    let table = Arc::as_ptr(lookup.table());
-                    if !seen.contains(&table) {
-                        seen.push(table);
-                        total += lookup.table().resident_bytes();
-                    }
-                }
+        for lookup in self.endpoints.values().flat_map(|e| e.handler.lookups()) {
+            total += lookup.index_bytes();
+            let table = Arc::as_ptr(lookup.table());
+            if !seen.contains(&table) {
+                seen.push(table);
+                total += lookup.table().resident_bytes();
             }
         }
         total
     }
+}
+
+/// Loads a `prediction` or `clustering` endpoint: its model from the bundle's copy of the
+/// export (a folder, or a zip), checked against the kind, and its enrichment lookups.
+fn load_predict(
+    bundle: &Bundle,
+    tables: &mut HashMap<String, Arc<Table>>,
+    spec: &EndpointSpec,
+) -> std::result::Result<PredictEndpoint, String> {
+    let id = &spec.id;
+    let model_spec = spec
+        .model
+        .as_ref()
+        .ok_or_else(|| format!("endpoint `{id}` has no `model` section"))?;
+    let path = model_spec.path.trim_end_matches('/');
+    // Errors read `endpoint `id`: `path` ...`: the origin is the path in the bundle.
+    let origin = path.to_owned();
+    let model = match bundle.file(path) {
+        Some(zip) => Model::from_zip(origin, zip),
+        None => {
+            let files: HashMap<String, Vec<u8>> = bundle
+                .files_under(path)
+                .map(|(name, bytes)| (name.to_owned(), bytes.to_vec()))
+                .collect();
+            if files.is_empty() {
+                return Err(format!(
+                    "endpoint `{id}`: the bundle holds no model at `{path}`"
+                ));
+            }
+            Model::from_files(origin, files)
+        }
+    }
+    .map_err(|e| format!("endpoint `{id}`: {e}"))?;
+    let clustering = model.task() == Task::Clustering;
+    match (spec.kind, clustering) {
+        (EndpointKind::Prediction, true) => {
+            return Err(format!(
+                "endpoint `{id}` is a `prediction` endpoint but its model is a clustering                  model: declare it with kind = \"clustering\""
+            ));
+        }
+        (EndpointKind::Clustering, false) => {
+            return Err(format!(
+                "endpoint `{id}` is a `clustering` endpoint but its model predicts ({}): \
+                 declare it with kind = \"prediction\"",
+                model.task().as_str()
+            ));
+        }
+        _ => {}
+    }
+    let mut steps = Vec::with_capacity(spec.enrich.len());
+    for (i, step) in spec.enrich.iter().enumerate() {
+        let table = table_for(bundle, tables, &step.dataset)
+            .map_err(|m| format!("endpoint `{id}` enrich[{i}]: {m}"))?;
+        steps.push(
+            Lookup::new(table, lookup_config(step))
+                .map_err(|e| format!("endpoint `{id}` enrich[{i}]: {e}"))?,
+        );
+    }
+    Ok(PredictEndpoint {
+        model,
+        enrichment: Enrichment::new(steps),
+        return_post_enrich: model_spec.return_post_enrich,
+    })
 }
 
 fn table_for(

@@ -5,8 +5,10 @@
 //! directory, and answers typed user queries ([`Runtime::call`]) and admin operations.
 //!
 //! What it is not: no HTTP, routing or JSON request parsing (the server does that and hands
-//! over parsed bodies); no bundle parsing of its own (`apinode-bundle`) and no lookup engine
-//! of its own (`apinode-lookup`), no model scorer of its own (`apinode-scoring`).
+//! over parsed bodies); no bundle parsing of its own (`apinode-bundle`), no lookup engine of
+//! its own (`apinode-lookup`) and no model scorer of its own (`apinode-scoring`). It enriches
+//! prediction records with lookups, scores them with the endpoint's model, and writes the
+//! protocol's `result` objects.
 //!
 //! Invariants: a generation is fully loaded before it can be activated, and a generation that
 //! fails to load never replaces a serving one; a service's active set is swapped atomically,
@@ -25,7 +27,7 @@ pub use admin_keys::AdminKeyInfo;
 pub use error::{Error, Result};
 pub use generation::{Credentials, MemoryReport, SERVED_KINDS, memory_report};
 pub use metrics::{EndpointMetrics, Metrics, ServiceMetrics};
-pub use prediction::{ignore_reason_code, result_json as prediction_result_json};
+pub use prediction::{PredictOutput, ignore_reason_code, write_result as write_prediction_result};
 pub use runtime::{
     Action, CallRequest, CallResponse, Dispatch, GenerationInfo, GenerationsView, LookupItem,
     LookupOutput, Output, Runtime, RuntimeConfig, ServiceSummary,

@@ -1,8 +1,32 @@
-//! Prediction results in the protocol's `result` shape, shared by the `predict` routes and
-//! `apinode model predict`.
+//! The `predict` and `predict-multi` routes of `prediction` and `clustering` endpoints:
+//! enrichment, scoring, and the protocol's `result` objects written straight to bytes (also
+//! what `apinode model predict` prints).
 
-use apinode_scoring::{IgnoreReason, PredictedValue, Prediction};
-use serde_json::{Map, Value, json};
+use crate::error::{Error, Result};
+use crate::generation::PredictEndpoint;
+use apinode_lookup::Enriched;
+use apinode_scoring::{IgnoreReason, PredictedValue, Prediction, Predictions};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::ops::Range;
+use std::time::Instant;
+
+/// Prediction results: one `result` object per queried record, written into `buffer` and
+/// referenced by byte range, with the time spent enriching and scoring.
+#[derive(Debug, Default)]
+pub struct PredictOutput {
+    pub buffer: Vec<u8>,
+    pub items: Vec<Range<usize>>,
+    pub enrich_micros: u64,
+    pub predict_micros: u64,
+}
+
+impl PredictOutput {
+    /// The `result` object of item `i`.
+    pub fn result(&self, i: usize) -> &[u8] {
+        &self.buffer[self.items[i].clone()]
+    }
+}
 
 /// The protocol's `ignoreReason` for a row the model itself refuses.
 pub fn ignore_reason_code(reason: &IgnoreReason) -> &'static str {
@@ -13,61 +37,247 @@ pub fn ignore_reason_code(reason: &IgnoreReason) -> &'static str {
     }
 }
 
-/// `{"prediction": ..., "probas": {class: p}, "ignored": false}` for a scored row (no `probas`
-/// for regression; the cluster label as `prediction` for clustering, with `anomalyScore` for
-/// isolation forests); `{"ignored": true, "ignoreReason": CODE, "ignoreMessage": TEXT}` for a
-/// row the model refuses.
-pub fn result_json(prediction: &Prediction) -> Value {
-    let mut result = Map::new();
+/// Writes a scored row's `result` object: `{"prediction": ..., "probas": {class: p},
+/// "ignored": false}` (no `probas` for regression; the cluster label as `prediction` for
+/// clustering, with `anomalyScore` for isolation forests), or `{"ignored": true,
+/// "ignoreReason": CODE, "ignoreMessage": TEXT}` for a row the model refuses. With
+/// `post_enrich`, the features the model saw follow as `postEnrich`. NaN and infinities,
+/// which JSON lacks, are `null`.
+pub fn write_result(
+    prediction: &Prediction,
+    post_enrich: Option<&Map<String, Value>>,
+    out: &mut Vec<u8>,
+) {
     if let Some(reason) = &prediction.ignored {
-        result.insert("ignored".into(), Value::Bool(true));
-        result.insert("ignoreReason".into(), json!(ignore_reason_code(reason)));
-        result.insert("ignoreMessage".into(), json!(reason.to_string()));
-        return Value::Object(result);
+        write_ignored(ignore_reason_code(reason), &reason.to_string(), post_enrich, out);
+        return;
     }
-    let value = match &prediction.prediction {
-        Some(PredictedValue::Class(label) | PredictedValue::Cluster(label)) => json!(&**label),
-        Some(PredictedValue::Value(v)) => finite(*v),
-        Some(PredictedValue::ClusterIndex(i)) => json!(format!("cluster_{i}")),
-        None => Value::Null,
-    };
-    result.insert("prediction".into(), value);
+    out.extend_from_slice(b"{\"prediction\":");
+    match &prediction.prediction {
+        Some(PredictedValue::Class(label) | PredictedValue::Cluster(label)) => {
+            write_json(out, &**label)
+        }
+        Some(PredictedValue::Value(v)) => write_json(out, v),
+        Some(PredictedValue::ClusterIndex(i)) => write_json(out, &format!("cluster_{i}")),
+        None => out.extend_from_slice(b"null"),
+    }
     if !prediction.probabilities.is_empty() {
-        let probas: Map<String, Value> = prediction
-            .probabilities
-            .iter()
-            .map(|(class, p)| (class.to_string(), finite(*p)))
-            .collect();
-        result.insert("probas".into(), Value::Object(probas));
+        out.extend_from_slice(b",\"probas\":{");
+        for (k, (class, p)) in prediction.probabilities.iter().enumerate() {
+            if k > 0 {
+                out.push(b',');
+            }
+            write_json(out, &**class);
+            out.push(b':');
+            write_json(out, p);
+        }
+        out.push(b'}');
     }
     if let Some(score) = prediction.anomaly_score {
-        result.insert("anomalyScore".into(), finite(score));
+        out.extend_from_slice(b",\"anomalyScore\":");
+        write_json(out, &score);
     }
-    result.insert("ignored".into(), Value::Bool(false));
-    Value::Object(result)
+    out.extend_from_slice(b",\"ignored\":false");
+    write_post_enrich(post_enrich, out);
+    out.push(b'}');
 }
 
-/// JSON has no NaN or infinity: those are `null`.
-fn finite(v: f64) -> Value {
-    serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
+/// Writes the `result` of a record answered without a prediction.
+fn write_ignored(
+    code: &str,
+    message: &str,
+    post_enrich: Option<&Map<String, Value>>,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"{\"ignored\":true,\"ignoreReason\":");
+    write_json(out, code);
+    out.extend_from_slice(b",\"ignoreMessage\":");
+    write_json(out, message);
+    write_post_enrich(post_enrich, out);
+    out.push(b'}');
+}
+
+fn write_post_enrich(post_enrich: Option<&Map<String, Value>>, out: &mut Vec<u8>) {
+    if let Some(features) = post_enrich {
+        out.extend_from_slice(b",\"postEnrich\":");
+        write_json(out, features);
+    }
+}
+
+/// Serializing into a `Vec` cannot fail for these types (string keys, finite or null floats).
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// What enrichment made of a record: the features to score (borrowed when there is nothing
+/// to enrich), or the reason it is answered `ignored`.
+enum Prepared<'a> {
+    Score(Cow<'a, Map<String, Value>>),
+    Ignored(&'static str, Map<String, Value>),
+}
+
+impl PredictEndpoint {
+    /// `predict`: `{"features": {...}}`.
+    pub(crate) fn predict(&self, body: &Value) -> Result<PredictOutput> {
+        let features = features_of(body, "features")?;
+        self.answer(&[features], false)
+    }
+
+    /// `predict-multi`: `{"items": [{"features": {...}}, ...]}`, scored as one batch.
+    pub(crate) fn predict_multi(&self, body: &Value) -> Result<PredictOutput> {
+        let items = body
+            .get("items")
+            .and_then(Value::as_array)
+            .ok_or_else(|| Error::InvalidQuery {
+                location: "items".into(),
+                message: "required: an array of {\"features\": {...}} objects".into(),
+            })?;
+        let mut records = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            records.push(features_of(item, &format!("items[{i}].features"))?);
+        }
+        self.answer(&records, true)
+    }
+
+    /// Enriches and scores `records`; `multi` says whether errors name the item.
+    fn answer(&self, records: &[&Map<String, Value>], multi: bool) -> Result<PredictOutput> {
+        let item = |i: usize| multi.then_some(i);
+        let start = Instant::now();
+        let mut prepared = Vec::with_capacity(records.len());
+        for (i, features) in records.iter().enumerate() {
+            prepared.push(self.enrich(features).map_err(|(step, source)| {
+                Error::Enrichment {
+                    item: item(i),
+                    step,
+                    source,
+                }
+            })?);
+        }
+        let enrich_micros = start.elapsed().as_micros() as u64;
+
+        let start = Instant::now();
+        let to_score: Vec<&Map<String, Value>> = prepared
+            .iter()
+            .filter_map(|p| match p {
+                Prepared::Score(features) => Some(&**features),
+                Prepared::Ignored(..) => None,
+            })
+            .collect();
+        let predictions = self.score(&to_score).map_err(|(k, source)| {
+            // `k` counts scored records only: find the item it was.
+            let i = prepared
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| matches!(p, Prepared::Score(_)))
+                .nth(k)
+                .map_or(k, |(i, _)| i);
+            Error::Scoring {
+                item: item(i),
+                source,
+            }
+        })?;
+
+        let mut out = PredictOutput {
+            buffer: Vec::with_capacity(records.len() * (96 + 32 * predictions.classes().len())),
+            items: Vec::with_capacity(records.len()),
+            enrich_micros,
+            predict_micros: 0,
+        };
+        let mut scored = 0;
+        for p in &prepared {
+            let start = out.buffer.len();
+            match p {
+                Prepared::Score(features) => {
+                    let post_enrich = self.return_post_enrich.then_some(&**features);
+                    write_result(&predictions.get(scored), post_enrich, &mut out.buffer);
+                    scored += 1;
+                }
+                Prepared::Ignored(code, features) => {
+                    let post_enrich = self.return_post_enrich.then_some(features);
+                    write_ignored(
+                        code,
+                        "the record was ignored by enrichment",
+                        post_enrich,
+                        &mut out.buffer,
+                    );
+                }
+            }
+            out.items.push(start..out.buffer.len());
+        }
+        out.predict_micros = start.elapsed().as_micros() as u64;
+        Ok(out)
+    }
+
+    fn enrich<'a>(
+        &self,
+        features: &'a Map<String, Value>,
+    ) -> std::result::Result<Prepared<'a>, (usize, apinode_lookup::Error)> {
+        if self.enrichment.steps().is_empty() {
+            return Ok(Prepared::Score(Cow::Borrowed(features)));
+        }
+        let mut owned = features.clone();
+        Ok(match self.enrichment.apply(&mut owned)? {
+            Enriched::Applied => Prepared::Score(Cow::Owned(owned)),
+            Enriched::Ignored(reason) => Prepared::Ignored(reason.as_str(), owned),
+        })
+    }
+
+    /// Scores the records as one batch; an error names the first record that fails (index
+    /// in `records`).
+    fn score(
+        &self,
+        records: &[&Map<String, Value>],
+    ) -> std::result::Result<Predictions, (usize, apinode_scoring::Error)> {
+        match self.model.predict_records(records) {
+            Ok(predictions) => Ok(predictions),
+            Err(error) => {
+                // The error path only: score one by one to name the record without the
+                // batch's row prefix.
+                for (i, record) in records.iter().enumerate() {
+                    if let Err(e) = self.model.predict(*record) {
+                        return Err((i, e));
+                    }
+                }
+                Err((0, error))
+            }
+        }
+    }
+}
+
+/// The `features` object of a query or an item; `location` names it in the error.
+fn features_of<'a>(value: &'a Value, location: &str) -> Result<&'a Map<String, Value>> {
+    value
+        .get("features")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::InvalidQuery {
+            location: location.to_owned(),
+            message: "required: an object of feature values".into(),
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::sync::Arc;
+
+    fn result(prediction: &Prediction, post_enrich: Option<&Map<String, Value>>) -> Value {
+        let mut out = Vec::new();
+        write_result(prediction, post_enrich, &mut out);
+        serde_json::from_slice(&out).expect("a result is valid JSON")
+    }
 
     #[test]
     fn results_have_the_protocol_shape() {
         let class = Prediction {
-            prediction: Some(PredictedValue::Class(Arc::from("yes"))),
-            probabilities: vec![(Arc::from("no"), 0.25), (Arc::from("yes"), 0.75)],
+            prediction: Some(PredictedValue::Class(Arc::from("y\"es"))),
+            probabilities: vec![(Arc::from("no"), 0.25), (Arc::from("y\"es"), 0.75)],
             anomaly_score: None,
             ignored: None,
         };
         assert_eq!(
-            result_json(&class),
-            json!({"prediction": "yes", "probas": {"no": 0.25, "yes": 0.75}, "ignored": false})
+            result(&class, None),
+            json!({"prediction": "y\"es", "probas": {"no": 0.25, "y\"es": 0.75}, "ignored": false})
         );
         let value = Prediction {
             prediction: Some(PredictedValue::Value(f64::NAN)),
@@ -76,8 +286,20 @@ mod tests {
             ignored: None,
         };
         assert_eq!(
-            result_json(&value),
+            result(&value, None),
             json!({"prediction": null, "ignored": false})
+        );
+        let cluster = Prediction {
+            prediction: Some(PredictedValue::ClusterIndex(2)),
+            probabilities: vec![],
+            anomaly_score: Some(-0.125),
+            ignored: None,
+        };
+        let features = json!({"age": 3}).as_object().unwrap().clone();
+        assert_eq!(
+            result(&cluster, Some(&features)),
+            json!({"prediction": "cluster_2", "anomalyScore": -0.125, "ignored": false,
+                   "postEnrich": {"age": 3}})
         );
         let dropped = Prediction {
             prediction: None,
@@ -87,7 +309,7 @@ mod tests {
                 column: "age".into(),
             }),
         };
-        let json = result_json(&dropped);
+        let json = result(&dropped, None);
         assert_eq!(json["ignored"], json!(true));
         assert_eq!(json["ignoreReason"], json!("ROW_DROPPED_BY_MODEL"));
         assert!(json["ignoreMessage"].as_str().unwrap().contains("`age`"));

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::generation::{Credentials, Handler, LoadedGeneration};
+use crate::prediction::PredictOutput;
 use crate::metrics::{EndpointMetrics, Metrics, ServiceMetrics};
 use crate::state::{self, GenerationRecord, Mapping, NodeState, ServiceState};
 use apinode_bundle::{Bundle, EndpointKind, Limits};
@@ -102,6 +103,7 @@ pub struct CallResponse {
 #[derive(Debug)]
 pub enum Output {
     Lookup(LookupOutput),
+    Predict(PredictOutput),
 }
 
 /// Lookup results: one item per queried record; matched rows are JSON objects written into
@@ -285,18 +287,23 @@ impl Runtime {
             });
         }
         let start = Instant::now();
-        let (result, items) = match &endpoint.handler {
-            Handler::Lookup(lookup) => match request.action {
-                Action::Lookup => (lookup_single(lookup, request.body), 1),
-                _ => {
-                    let items = request
-                        .body
-                        .get("items")
-                        .and_then(Value::as_array)
-                        .map_or(0, Vec::len);
-                    (lookup_multi(lookup, request.body), items)
-                }
-            },
+        let items = match request.action {
+            Action::Lookup | Action::Predict => 1,
+            _ => request
+                .body
+                .get("items")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len),
+        };
+        let result = match (&endpoint.handler, request.action) {
+            (Handler::Lookup(lookup), Action::Lookup) => lookup_single(lookup, request.body),
+            (Handler::Lookup(lookup), _) => lookup_multi(lookup, request.body),
+            (Handler::Predict(predict), Action::Predict) => {
+                predict.predict(request.body).map(Output::Predict)
+            }
+            (Handler::Predict(predict), _) => {
+                predict.predict_multi(request.body).map(Output::Predict)
+            }
         };
         let endpoint_micros = start.elapsed().as_micros() as u64;
         endpoint

@@ -49,12 +49,15 @@ impl Files {
                 }
             }
         } else {
-            let bytes = read_path(path)?;
-            let origin = format!("zip `{shown}`");
-            let entries = unzip(&bytes, &origin)?;
-            Files::from_entries(origin, entries)?
+            Files::from_zip(format!("zip `{shown}`"), &read_path(path)?)?
         };
         files.check_is_model()
+    }
+
+    /// A `model.zip`, or an export zip holding one, already in memory.
+    pub(crate) fn from_zip(origin: String, bytes: &[u8]) -> Result<Files> {
+        let entries = unzip(bytes, &origin)?;
+        Files::from_entries(origin, entries)
     }
 
     /// The files of a model folder, or of an export folder holding `model.zip`, already in

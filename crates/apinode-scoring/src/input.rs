@@ -59,6 +59,17 @@ pub trait Record {
     }
 }
 
+/// A borrowed record, so a batch can be a slice of references.
+impl<R: Record + ?Sized> Record for &R {
+    fn cell(&self, column: &str, position: usize) -> Cell<'_> {
+        (**self).cell(column, position)
+    }
+
+    fn positional_len(&self) -> Option<usize> {
+        (**self).positional_len()
+    }
+}
+
 impl Record for Map<String, Value> {
     fn cell(&self, column: &str, _: usize) -> Cell<'_> {
         self.get(column).map_or(Cell::Null, Cell::Json)

@@ -1090,6 +1090,12 @@ impl Model {
         Model::from_loaded_files(Files::from_entries(origin.into(), files)?)
     }
 
+    /// Loads a model from the bytes of a `model.zip` or of an export zip holding one (a
+    /// bundle's copy of a zipped model). `origin` names the model in errors.
+    pub fn from_zip(origin: impl Into<String>, bytes: &[u8]) -> Result<Model> {
+        Model::from_loaded_files(Files::from_zip(origin.into(), bytes)?)
+    }
+
     fn from_loaded_files(files: Files) -> Result<Model> {
         let meta = read_meta(&files)?;
         let inner = if let Some(parts) = meta.partitions.clone() {

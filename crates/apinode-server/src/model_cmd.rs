@@ -71,12 +71,12 @@ fn write_chunk(
             return Err(error).context("cannot score the records");
         }
     };
+    let mut line = Vec::with_capacity(256);
     for i in 0..predictions.len() {
-        serde_json::to_writer(
-            &mut *out,
-            &apinode_runtime::prediction_result_json(&predictions.get(i)),
-        )?;
-        out.write_all(b"\n")?;
+        line.clear();
+        apinode_runtime::write_prediction_result(&predictions.get(i), None, &mut line);
+        line.push(b'\n');
+        out.write_all(&line)?;
     }
     Ok(())
 }

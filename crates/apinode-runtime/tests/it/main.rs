@@ -9,6 +9,8 @@ use apinode_runtime::{
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
+mod predict;
+
 const ADMIN: &str = "test-admin";
 const KEY: &str = "secret-key-1";
 
@@ -17,8 +19,10 @@ const KEY: &str = "secret-key-1";
 fn build_bundle(dir: &Path, version: &str, city_of_1: &str, extra: &str) -> PathBuf {
     let service = dir.join(format!("svc-{version}"));
     std::fs::create_dir_all(service.join("data")).unwrap();
-    // A file a `prediction` endpoint in `extra` can name.
+    // Files the endpoints in `extra` can name: a model, something that is not one, code.
+    predict::write_spend_model(&service.join("models/spend"));
     std::fs::write(service.join("model.bin"), b"model").unwrap();
+    std::fs::write(service.join("f.py"), "def f():\n    return 1\n").unwrap();
     std::fs::write(
         service.join("data/customers.csv"),
         format!(
@@ -146,7 +150,9 @@ fn first_result(response: &CallResponse) -> Value {
 }
 
 fn results(response: &CallResponse) -> Vec<Value> {
-    let Output::Lookup(output) = &response.output;
+    let Output::Lookup(output) = &response.output else {
+        panic!("not a lookup answer: {:?}", response.output);
+    };
     output
         .items
         .iter()
@@ -485,6 +491,24 @@ fn a_bad_generation_never_replaces_a_good_one() {
         &node.work,
         "v3",
         "Paris",
+        "[[endpoints]]\nid = \"f\"\nkind = \"python-function\"\n[endpoints.python]\ncode = \"f.py\"\nfunction = \"f\"\n",
+    );
+    let err = node
+        .runtime
+        .import_generation_from_file("customers", &archive, ADMIN)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("kind `python-function`, which this node cannot serve yet"),
+        "{err}"
+    );
+    assert!(matches!(err, Error::Unservable { .. }));
+
+    // A valid bundle whose model file is not a model: the error names the file and why.
+    let archive = build_bundle(
+        &node.work,
+        "v4",
+        "Paris",
         "[[endpoints]]\nid = \"score\"\nkind = \"prediction\"\n[endpoints.model]\npath = \"model.bin\"\n",
     );
     let err = node
@@ -493,10 +517,9 @@ fn a_bad_generation_never_replaces_a_good_one() {
         .unwrap_err();
     assert!(
         err.to_string()
-            .contains("kind `prediction`, which this node cannot serve yet"),
+            .contains("endpoint `score`: `model.bin` is not a readable zip archive"),
         "{err}"
     );
-    assert!(matches!(err, Error::Unservable { .. }));
 
     // Same id, different content: refused. Same content again: accepted, nothing changes.
     let err = node.import("v1", "Nice").unwrap_err();

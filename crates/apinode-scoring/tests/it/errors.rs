@@ -95,6 +95,14 @@ fn models_load_from_files_in_memory() {
             .unwrap(),
         want
     );
+    // The zip's bytes themselves, as a bundle holds a zipped model.
+    let bytes = std::fs::read(out.path().join("model.zip")).unwrap();
+    let from_zip = Model::from_zip("bundle model `churn.zip`", &bytes).unwrap();
+    assert_eq!(from_zip.predict(&r).unwrap(), want);
+    let err = Model::from_zip("bundle model `churn.zip`", &bytes[..bytes.len() / 2])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bundle model `churn.zip`"), "{err}");
     // Neither: the error names the origin.
     files.retain(|name, _| !name.starts_with("dss_pipeline_meta"));
     let err = Model::from_files("bundle model `churn`", files)

@@ -51,7 +51,10 @@ impl From<Error> for ApiError {
             Error::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
             Error::InvalidQuery { .. } => (StatusCode::BAD_REQUEST, "InvalidQuery"),
             Error::WrongRoute { .. } => (StatusCode::BAD_REQUEST, "WrongRoute"),
-            Error::Lookup { source, .. } => classify_lookup(source),
+            Error::Lookup { source, .. } | Error::Enrichment { source, .. } => {
+                classify_lookup(source)
+            }
+            Error::Scoring { source, .. } => classify_scoring(source),
             Error::Bundle { .. } => (StatusCode::BAD_REQUEST, "InvalidBundle"),
             Error::Unservable { .. } => (StatusCode::BAD_REQUEST, "UnservableGeneration"),
             Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
@@ -90,6 +93,16 @@ fn classify_lookup(error: &apinode_lookup::Error) -> (StatusCode, &'static str) 
         }
         apinode_lookup::Error::MissingKey { .. } | apinode_lookup::Error::InvalidKey { .. } => {
             (StatusCode::BAD_REQUEST, "InvalidLookupKey")
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+    }
+}
+
+/// A record the model cannot read is the client's; anything else is the node's.
+fn classify_scoring(error: &apinode_scoring::Error) -> (StatusCode, &'static str) {
+    match error {
+        apinode_scoring::Error::InvalidInput { .. } | apinode_scoring::Error::RowLength { .. } => {
+            (StatusCode::BAD_REQUEST, "InvalidFeatures")
         }
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
     }

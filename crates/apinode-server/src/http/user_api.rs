@@ -43,7 +43,7 @@ pub(super) async fn call(
             return Err(e.into());
         }
     };
-    Ok(write_response(&service, &endpoint, &response, start))
+    Ok(write_response(&service, &endpoint, &response, start, action))
 }
 
 /// An empty body is `{}` (the official client sends none when there is nothing to send).
@@ -92,9 +92,11 @@ fn write_response(
     endpoint: &str,
     response: &CallResponse,
     start: Instant,
+    action: Action,
 ) -> Response {
     let mut out = Vec::with_capacity(match &response.output {
         Output::Lookup(lookup) => lookup.buffer.len() + 64 * lookup.items.len() + 192,
+        Output::Predict(predict) => predict.buffer.len() + 8 * predict.items.len() + 256,
     });
     match &response.output {
         Output::Lookup(lookup) => {
@@ -118,6 +120,28 @@ fn write_response(
                 out,
                 "],\"timing\":{{\"lookup\":{},\"total\":{}}}",
                 response.endpoint_micros,
+                start.elapsed().as_micros()
+            );
+        }
+        Output::Predict(predict) => {
+            if action == Action::Predict {
+                out.extend_from_slice(b"{\"result\":");
+                out.extend_from_slice(predict.result(0));
+            } else {
+                out.extend_from_slice(b"{\"results\":[");
+                for i in 0..predict.items.len() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(predict.result(i));
+                }
+                out.push(b']');
+            }
+            let _ = write!(
+                out,
+                ",\"timing\":{{\"enrich\":{},\"prediction\":{},\"total\":{}}}",
+                predict.enrich_micros,
+                predict.predict_micros,
                 start.elapsed().as_micros()
             );
         }

@@ -1,0 +1,252 @@
+//! `prediction` and `clustering` endpoints through the runtime: enrichment from a bundled
+//! dataset, the missing / no match / several matches behaviours, `predict-multi` order, the
+//! `result` shape, and errors that name the item and the feature.
+
+use super::{ADMIN, Node, build_bundle};
+use apinode_runtime::{Action, CallResponse, Dispatch, Error, Output};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::Path;
+
+/// A linear regression `spend = 10 + 2 * score + basket`, in the export format.
+pub(crate) fn write_spend_model(dir: &Path) {
+    let write = |name: &str, content: &str| {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    };
+    write(
+        "dss_pipeline_meta.json",
+        r#"{"type": "REGRESSION", "algorithm_name": "LINEAR", "columns": ["score", "basket"]}"#,
+    );
+    write(
+        "rpreprocessing_params.json",
+        r#"{"per_feature": {"score": {"role": "INPUT", "type": "NUMERIC"},
+            "basket": {"role": "INPUT", "type": "NUMERIC"},
+            "spend": {"role": "TARGET", "type": "NUMERIC"}}}"#,
+    );
+    write(
+        "split/split.json",
+        r#"{"schema": {"columns": [{"name": "score", "type": "double"},
+            {"name": "basket", "type": "double"}, {"name": "spend", "type": "double"}]}}"#,
+    );
+    write("rmodeling_params.json", "{}");
+    let file = std::fs::File::create(dir.join("dss_pipeline_model.gz")).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+    gz.write_all(br#"{"coefficients": [2.0, 1.0], "intercept": 10.0}"#)
+        .unwrap();
+    gz.finish().unwrap();
+}
+
+/// `spend` enriched from `customers` by id (no match ignored), `spend-strict` failing on a
+/// missing key and returning the features it scored, `spend-by-country` enriched on a key
+/// that matches several rows.
+const ENDPOINTS: &str = r#"
+[[endpoints]]
+id = "spend"
+kind = "prediction"
+model = { path = "models/spend" }
+[[endpoints.enrich]]
+dataset = "customers"
+keys = [{ column = "id", input = "customer" }]
+columns = ["score"]
+
+[[endpoints]]
+id = "spend-strict"
+kind = "prediction"
+model = { path = "models/spend", return_post_enrich = true }
+[[endpoints.enrich]]
+dataset = "customers"
+keys = [{ column = "id", input = "customer" }]
+columns = ["score", { column = "city", output = "town" }]
+on_no_match = "null"
+
+[[endpoints]]
+id = "spend-by-country"
+kind = "prediction"
+model = { path = "models/spend" }
+[[endpoints.enrich]]
+dataset = "customers"
+keys = ["country"]
+columns = ["score"]
+"#;
+
+fn serving(extra: &str) -> Node {
+    let node = Node::new();
+    node.runtime.create_service("customers", ADMIN).unwrap();
+    let archive = build_bundle(&node.work, "v1", "Paris", extra);
+    node.runtime
+        .import_generation_from_file("customers", &archive, ADMIN)
+        .unwrap();
+    node.runtime.switch_to_newest("customers", ADMIN).unwrap();
+    node
+}
+
+fn predict(node: &Node, endpoint: &str, body: Value) -> apinode_runtime::Result<Value> {
+    node.call(endpoint, Action::Predict, body, Dispatch::default())
+        .map(|r| results(&r).remove(0))
+}
+
+fn results(response: &CallResponse) -> Vec<Value> {
+    let Output::Predict(output) = &response.output else {
+        panic!("not a prediction: {:?}", response.output);
+    };
+    (0..output.items.len())
+        .map(|i| serde_json::from_slice(output.result(i)).unwrap())
+        .collect()
+}
+
+#[test]
+fn predictions_are_enriched_then_scored() {
+    let node = serving(ENDPOINTS);
+    // Customer 2 has score 2: 10 + 2 * 2 + 3.
+    assert_eq!(
+        predict(&node, "spend", json!({"features": {"customer": 2, "basket": 3}})).unwrap(),
+        json!({"prediction": 17.0, "ignored": false})
+    );
+    // Enrichment overrides a feature the query sent.
+    assert_eq!(
+        predict(
+            &node,
+            "spend",
+            json!({"features": {"customer": 4, "basket": 0, "score": 100}})
+        )
+        .unwrap(),
+        json!({"prediction": 18.5, "ignored": false})
+    );
+    // No match: ignored by default, with the lookup's reason.
+    let ignored = predict(&node, "spend", json!({"features": {"customer": 99, "basket": 1}}))
+        .unwrap();
+    assert_eq!(ignored["ignored"], json!(true));
+    assert_eq!(ignored["ignoreReason"], json!("NO_LOOKUP_MATCH"));
+    // Several matches: ignored by default.
+    let ignored = predict(
+        &node,
+        "spend-by-country",
+        json!({"features": {"country": "FR", "basket": 1}}),
+    )
+    .unwrap();
+    assert_eq!(ignored["ignoreReason"], json!("MULTIPLE_LOOKUP_MATCHES"));
+
+    // `null` on no match keeps the record: the missing score makes the prediction missing.
+    // `postEnrich` shows the features the model saw.
+    assert_eq!(
+        predict(
+            &node,
+            "spend-strict",
+            json!({"features": {"customer": 1, "basket": 1}})
+        )
+        .unwrap(),
+        json!({"prediction": 14.0, "ignored": false,
+               "postEnrich": {"customer": 1, "basket": 1, "score": 1.5, "town": "Paris"}})
+    );
+    let nulls = predict(
+        &node,
+        "spend-strict",
+        json!({"features": {"customer": 99, "basket": 1}}),
+    )
+    .unwrap();
+    assert_eq!(nulls["prediction"], json!(null));
+    assert_eq!(
+        nulls["postEnrich"],
+        json!({"customer": 99, "basket": 1, "score": null, "town": null})
+    );
+    // A missing key fails by default, naming the step and the input.
+    let err = predict(&node, "spend-strict", json!({"features": {"basket": 1}})).unwrap_err();
+    assert!(matches!(err, Error::Enrichment { item: None, step: 0, .. }), "{err}");
+    assert_eq!(err.to_string(), "enrich[0]: missing lookup key `customer`");
+}
+
+#[test]
+fn predict_multi_keeps_the_order_and_names_the_bad_item() {
+    let node = serving(ENDPOINTS);
+    let response = node
+        .call(
+            "spend",
+            Action::PredictMulti,
+            json!({"items": [
+                {"features": {"customer": 2, "basket": 3}},
+                {"features": {"customer": 99, "basket": 3}},
+                {"features": {"customer": 4, "basket": 1}, "context": {"caller": "t"}},
+            ]}),
+            Dispatch::default(),
+        )
+        .unwrap();
+    let results = results(&response);
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0]["prediction"], json!(17.0));
+    assert_eq!(results[1]["ignoreReason"], json!("NO_LOOKUP_MATCH"));
+    assert_eq!(results[2]["prediction"], json!(19.5));
+
+    // A feature the model cannot read: a client error naming the item and the column.
+    let err = node
+        .call(
+            "spend",
+            Action::PredictMulti,
+            json!({"items": [
+                {"features": {"customer": 99, "basket": 3}},
+                {"features": {"customer": 2, "basket": 3}},
+                {"features": {"customer": 2, "basket": [1, 2]}},
+            ]}),
+            Dispatch::default(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Scoring { item: Some(2), .. }), "{err}");
+    assert!(
+        err.to_string().starts_with("items[2].features: input column `basket`"),
+        "{err}"
+    );
+    // Malformed bodies name the field.
+    for (body, location) in [
+        (json!({"features": 1}), "features"),
+        (json!({}), "features"),
+    ] {
+        let err = predict(&node, "spend", body).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidQuery { location: ref l, .. } if l == location),
+            "{err}"
+        );
+    }
+    let err = node
+        .call(
+            "spend",
+            Action::PredictMulti,
+            json!({"items": [{"features": {}}, {"feature": {}}]}),
+            Dispatch::default(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidQuery { ref location, .. } if location == "items[1].features"),
+        "{err}"
+    );
+    // The metrics count every call and every item, failed ones too.
+    let metrics = node.runtime.metrics();
+    let (_, spend) = metrics.services[0]
+        .endpoints
+        .iter()
+        .find(|(id, _)| id == "spend")
+        .unwrap();
+    assert_eq!((spend.requests, spend.errors, spend.items), (5, 4, 10));
+}
+
+#[test]
+fn the_model_must_fit_the_kind() {
+    let node = Node::new();
+    node.runtime.create_service("customers", ADMIN).unwrap();
+    let archive = build_bundle(
+        &node.work,
+        "v1",
+        "Paris",
+        "[[endpoints]]\nid = \"seg\"\nkind = \"clustering\"\nmodel = { path = \"models/spend\" }\n",
+    );
+    let err = node
+        .runtime
+        .import_generation_from_file("customers", &archive, ADMIN)
+        .unwrap_err();
+    assert!(matches!(err, Error::Unservable { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("endpoint `seg` is a `clustering` endpoint but its model predicts (REGRESSION): declare it with kind = \"prediction\""),
+        "{err}"
+    );
+}
