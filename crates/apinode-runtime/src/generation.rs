@@ -100,9 +100,9 @@ impl LoadedGeneration {
                         .map_err(|e| unservable(format!("endpoint `{}`: {e}", spec.id)))?;
                     Handler::Lookup(lookup)
                 }
-                EndpointKind::Prediction | EndpointKind::Clustering => Handler::Predict(
-                    load_predict(bundle, &mut tables, spec).map_err(unservable)?,
-                ),
+                EndpointKind::Prediction | EndpointKind::Clustering => {
+                    Handler::Predict(load_predict(bundle, &mut tables, spec).map_err(unservable)?)
+                }
                 other => {
                     return Err(unservable(format!(
                         "endpoint `{}` is of kind `{other}`, which this node cannot serve yet",

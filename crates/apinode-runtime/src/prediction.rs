@@ -49,7 +49,12 @@ pub fn write_result(
     out: &mut Vec<u8>,
 ) {
     if let Some(reason) = &prediction.ignored {
-        write_ignored(ignore_reason_code(reason), &reason.to_string(), post_enrich, out);
+        write_ignored(
+            ignore_reason_code(reason),
+            &reason.to_string(),
+            post_enrich,
+            out,
+        );
         return;
     }
     out.extend_from_slice(b"{\"prediction\":");
@@ -125,13 +130,13 @@ impl PredictEndpoint {
 
     /// `predict-multi`: `{"items": [{"features": {...}}, ...]}`, scored as one batch.
     pub(crate) fn predict_multi(&self, body: &Value) -> Result<PredictOutput> {
-        let items = body
-            .get("items")
-            .and_then(Value::as_array)
-            .ok_or_else(|| Error::InvalidQuery {
-                location: "items".into(),
-                message: "required: an array of {\"features\": {...}} objects".into(),
-            })?;
+        let items =
+            body.get("items")
+                .and_then(Value::as_array)
+                .ok_or_else(|| Error::InvalidQuery {
+                    location: "items".into(),
+                    message: "required: an array of {\"features\": {...}} objects".into(),
+                })?;
         let mut records = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             records.push(features_of(item, &format!("items[{i}].features"))?);
@@ -145,13 +150,14 @@ impl PredictEndpoint {
         let start = Instant::now();
         let mut prepared = Vec::with_capacity(records.len());
         for (i, features) in records.iter().enumerate() {
-            prepared.push(self.enrich(features).map_err(|(step, source)| {
-                Error::Enrichment {
-                    item: item(i),
-                    step,
-                    source,
-                }
-            })?);
+            prepared.push(
+                self.enrich(features)
+                    .map_err(|(step, source)| Error::Enrichment {
+                        item: item(i),
+                        step,
+                        source,
+                    })?,
+            );
         }
         let enrich_micros = start.elapsed().as_micros() as u64;
 

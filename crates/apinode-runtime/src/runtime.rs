@@ -2,8 +2,8 @@
 
 use crate::error::{Error, Result};
 use crate::generation::{Credentials, Handler, LoadedGeneration};
-use crate::prediction::PredictOutput;
 use crate::metrics::{EndpointMetrics, Metrics, ServiceMetrics};
+use crate::prediction::PredictOutput;
 use crate::state::{self, GenerationRecord, Mapping, NodeState, ServiceState};
 use apinode_bundle::{Bundle, EndpointKind, Limits};
 use apinode_lookup::Match;

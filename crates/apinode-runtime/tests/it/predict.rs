@@ -101,7 +101,12 @@ fn predictions_are_enriched_then_scored() {
     let node = serving(ENDPOINTS);
     // Customer 2 has score 2: 10 + 2 * 2 + 3.
     assert_eq!(
-        predict(&node, "spend", json!({"features": {"customer": 2, "basket": 3}})).unwrap(),
+        predict(
+            &node,
+            "spend",
+            json!({"features": {"customer": 2, "basket": 3}})
+        )
+        .unwrap(),
         json!({"prediction": 17.0, "ignored": false})
     );
     // Enrichment overrides a feature the query sent.
@@ -115,8 +120,12 @@ fn predictions_are_enriched_then_scored() {
         json!({"prediction": 18.5, "ignored": false})
     );
     // No match: ignored by default, with the lookup's reason.
-    let ignored = predict(&node, "spend", json!({"features": {"customer": 99, "basket": 1}}))
-        .unwrap();
+    let ignored = predict(
+        &node,
+        "spend",
+        json!({"features": {"customer": 99, "basket": 1}}),
+    )
+    .unwrap();
     assert_eq!(ignored["ignored"], json!(true));
     assert_eq!(ignored["ignoreReason"], json!("NO_LOOKUP_MATCH"));
     // Several matches: ignored by default.
@@ -153,7 +162,17 @@ fn predictions_are_enriched_then_scored() {
     );
     // A missing key fails by default, naming the step and the input.
     let err = predict(&node, "spend-strict", json!({"features": {"basket": 1}})).unwrap_err();
-    assert!(matches!(err, Error::Enrichment { item: None, step: 0, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Enrichment {
+                item: None,
+                step: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(err.to_string(), "enrich[0]: missing lookup key `customer`");
 }
 
@@ -193,7 +212,8 @@ fn predict_multi_keeps_the_order_and_names_the_bad_item() {
         .unwrap_err();
     assert!(matches!(err, Error::Scoring { item: Some(2), .. }), "{err}");
     assert!(
-        err.to_string().starts_with("items[2].features: input column `basket`"),
+        err.to_string()
+            .starts_with("items[2].features: input column `basket`"),
         "{err}"
     );
     // Malformed bodies name the field.

@@ -43,7 +43,9 @@ pub(super) async fn call(
             return Err(e.into());
         }
     };
-    Ok(write_response(&service, &endpoint, &response, start, action))
+    Ok(write_response(
+        &service, &endpoint, &response, start, action,
+    ))
 }
 
 /// An empty body is `{}` (the official client sends none when there is nothing to send).
