@@ -120,7 +120,9 @@ fn ci(root: &Path) -> anyhow::Result<()> {
             .args(["test", "--workspace", "--benches", "--locked"])
             .env("APINODE_BENCH_ROWS", "10000"))
     })?;
-    step("python conformance tests", || python_tests(root, &python))?;
+    step("python conformance tests", || {
+        python_tests(root, &python, &cases)
+    })?;
     eprintln!("\nci passed in {:.0}s", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -284,8 +286,8 @@ fn scoring_cases(root: &Path, python: &Path) -> anyhow::Result<PathBuf> {
     Ok(cases)
 }
 
-/// Runs pytest against the debug binary.
-fn python_tests(root: &Path, python: &Path) -> anyhow::Result<()> {
+/// Runs pytest against the debug binary (the prediction tests serve the scoring cases).
+fn python_tests(root: &Path, python: &Path, cases: &Path) -> anyhow::Result<()> {
     let binary = target_dir()?.join("debug/apinode");
     if !binary.exists() {
         bail!(
@@ -296,7 +298,8 @@ fn python_tests(root: &Path, python: &Path) -> anyhow::Result<()> {
     run(Command::new(python)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .arg(root.join(PYTHON_TESTS))
-        .env("APINODE_BIN", &binary))
+        .env("APINODE_BIN", &binary)
+        .env("APINODE_SCORING_CASES", cases))
 }
 
 fn which_python() -> anyhow::Result<PathBuf> {

@@ -11,7 +11,7 @@ use apinode_bundle::{
 use apinode_lookup::{
     Enrichment, KeyColumn, Lookup, LookupAction, LookupConfig, OutputColumn, Table,
 };
-use apinode_scoring::{Model, Task};
+use apinode_scoring::{Model, ModelSummary, Task};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -143,13 +143,37 @@ impl LoadedGeneration {
     }
 }
 
-/// Loads a `prediction` or `clustering` endpoint: its model from the bundle's copy of the
-/// export (a folder, or a zip), checked against the kind, and its enrichment lookups.
+/// Loads a `prediction` or `clustering` endpoint: its model and its enrichment lookups.
 fn load_predict(
     bundle: &Bundle,
     tables: &mut HashMap<String, Arc<Table>>,
     spec: &EndpointSpec,
 ) -> std::result::Result<PredictEndpoint, String> {
+    let id = &spec.id;
+    let model_spec = spec
+        .model
+        .as_ref()
+        .ok_or_else(|| format!("endpoint `{id}` has no `model` section"))?;
+    let model = load_model(bundle, spec)?;
+    let mut steps = Vec::with_capacity(spec.enrich.len());
+    for (i, step) in spec.enrich.iter().enumerate() {
+        let table = table_for(bundle, tables, &step.dataset)
+            .map_err(|m| format!("endpoint `{id}` enrich[{i}]: {m}"))?;
+        steps.push(
+            Lookup::new(table, lookup_config(step))
+                .map_err(|e| format!("endpoint `{id}` enrich[{i}]: {e}"))?,
+        );
+    }
+    Ok(PredictEndpoint {
+        model,
+        enrichment: Enrichment::new(steps),
+        return_post_enrich: model_spec.return_post_enrich,
+    })
+}
+
+/// Loads the model of a `prediction` or `clustering` endpoint from the bundle's copy of the
+/// export (a folder, or a zip) and checks that it fits the kind.
+fn load_model(bundle: &Bundle, spec: &EndpointSpec) -> std::result::Result<Model, String> {
     let id = &spec.id;
     let model_spec = spec
         .model
@@ -178,7 +202,8 @@ fn load_predict(
     match (spec.kind, clustering) {
         (EndpointKind::Prediction, true) => {
             return Err(format!(
-                "endpoint `{id}` is a `prediction` endpoint but its model is a clustering                  model: declare it with kind = \"clustering\""
+                "endpoint `{id}` is a `prediction` endpoint but its model is a clustering \
+                 model: declare it with kind = \"clustering\""
             ));
         }
         (EndpointKind::Clustering, false) => {
@@ -190,20 +215,28 @@ fn load_predict(
         }
         _ => {}
     }
-    let mut steps = Vec::with_capacity(spec.enrich.len());
-    for (i, step) in spec.enrich.iter().enumerate() {
-        let table = table_for(bundle, tables, &step.dataset)
-            .map_err(|m| format!("endpoint `{id}` enrich[{i}]: {m}"))?;
-        steps.push(
-            Lookup::new(table, lookup_config(step))
-                .map_err(|e| format!("endpoint `{id}` enrich[{i}]: {e}"))?,
-        );
+    Ok(model)
+}
+
+/// Loads every model of a bundle's `prediction` and `clustering` endpoints, as a node would
+/// at import, and describes each: `apinode bundle build` checks models with it, so a broken
+/// export is found before the bundle travels.
+pub fn model_reports(bundle: &Bundle) -> Result<Vec<(String, ModelSummary)>> {
+    let manifest = bundle.manifest();
+    let mut reports = Vec::new();
+    for spec in &manifest.endpoints {
+        if matches!(
+            spec.kind,
+            EndpointKind::Prediction | EndpointKind::Clustering
+        ) {
+            let model = load_model(bundle, spec).map_err(|message| Error::Unservable {
+                generation: manifest.version.clone(),
+                message,
+            })?;
+            reports.push((spec.id.clone(), model.describe()));
+        }
     }
-    Ok(PredictEndpoint {
-        model,
-        enrichment: Enrichment::new(steps),
-        return_post_enrich: model_spec.return_post_enrich,
-    })
+    Ok(reports)
 }
 
 fn table_for(

@@ -25,7 +25,7 @@ mod state;
 
 pub use admin_keys::AdminKeyInfo;
 pub use error::{Error, Result};
-pub use generation::{Credentials, MemoryReport, SERVED_KINDS, memory_report};
+pub use generation::{Credentials, MemoryReport, SERVED_KINDS, memory_report, model_reports};
 pub use metrics::{EndpointMetrics, Metrics, ServiceMetrics};
 pub use prediction::{PredictOutput, ignore_reason_code, write_result as write_prediction_result};
 pub use runtime::{

@@ -124,12 +124,14 @@ enum Prepared<'a> {
 impl PredictEndpoint {
     /// `predict`: `{"features": {...}}`.
     pub(crate) fn predict(&self, body: &Value) -> Result<PredictOutput> {
+        refuse_explanations(body)?;
         let features = features_of(body, "features")?;
         self.answer(&[features], false)
     }
 
     /// `predict-multi`: `{"items": [{"features": {...}}, ...]}`, scored as one batch.
     pub(crate) fn predict_multi(&self, body: &Value) -> Result<PredictOutput> {
+        refuse_explanations(body)?;
         let items =
             body.get("items")
                 .and_then(Value::as_array)
@@ -247,6 +249,20 @@ impl PredictEndpoint {
                 Err((0, error))
             }
         }
+    }
+}
+
+/// The official client always sends `explanations`, with nulls when the caller did not ask;
+/// an explicit request for them is refused rather than silently answered without them.
+fn refuse_explanations(body: &Value) -> Result<()> {
+    match body.pointer("/explanations/enabled") {
+        None | Some(Value::Null | Value::Bool(false)) => Ok(()),
+        Some(_) => Err(Error::InvalidQuery {
+            location: "explanations.enabled".into(),
+            message: "individual explanations are not computed by this node; send null or \
+                      false"
+                .into(),
+        }),
     }
 }
 

@@ -12,6 +12,17 @@ pub(crate) fn build(dir: &Path, output: &Path, version: Option<String>) -> anyho
     };
     let report = apinode_bundle::build(dir, output, &options)
         .with_context(|| format!("cannot build a bundle from {}", dir.display()))?;
+    // Load every model as a node would: a broken export fails here, not at import.
+    let models = Bundle::open(output, &Limits::default())
+        .map_err(anyhow::Error::from)
+        .and_then(|bundle| Ok(apinode_runtime::model_reports(&bundle)?));
+    if let Err(e) = models {
+        let _ = std::fs::remove_file(output);
+        return Err(e.context(format!(
+            "cannot build a bundle from {}: a model does not load",
+            dir.display()
+        )));
+    }
     let m = &report.manifest;
     println!(
         "built {} ({}): service `{}`, generation `{}`, {} endpoint(s), {} dataset(s), {} file(s)",
@@ -35,6 +46,11 @@ pub(crate) fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
     }
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     print!("{}", describe(&bundle, file, size));
+    let models =
+        apinode_runtime::model_reports(&bundle).context("cannot load the bundle's models")?;
+    for (endpoint, model) in &models {
+        println!("{}", describe_model(endpoint, model));
+    }
     let memory = apinode_runtime::memory_report(&bundle)
         .context("cannot load the bundle's lookups to measure them")?;
     print!("{}", describe_memory(&memory));
@@ -125,6 +141,21 @@ fn describe(bundle: &Bundle, file: &Path, size: u64) -> String {
         );
     }
     out
+}
+
+/// One line per model: `model <endpoint>: <task> <algorithm> (<detail>), <n> inputs[, classes]`.
+fn describe_model(endpoint: &str, model: &apinode_scoring::ModelSummary) -> String {
+    let mut line = format!(
+        "model      {endpoint}: {} {} ({}), {} input columns",
+        model.task.as_str(),
+        model.algorithm,
+        model.algorithm_detail,
+        model.inputs.len()
+    );
+    if !model.classes.is_empty() {
+        let _ = write!(line, ", classes: {}", model.classes.join(", "));
+    }
+    line
 }
 
 fn describe_memory(memory: &apinode_runtime::MemoryReport) -> String {

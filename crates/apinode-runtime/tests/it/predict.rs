@@ -216,10 +216,14 @@ fn predict_multi_keeps_the_order_and_names_the_bad_item() {
             .starts_with("items[2].features: input column `basket`"),
         "{err}"
     );
-    // Malformed bodies name the field.
+    // Malformed bodies name the field; explanations are refused, not silently left out.
     for (body, location) in [
         (json!({"features": 1}), "features"),
         (json!({}), "features"),
+        (
+            json!({"features": {}, "explanations": {"enabled": true}}),
+            "explanations.enabled",
+        ),
     ] {
         let err = predict(&node, "spend", body).unwrap_err();
         assert!(
@@ -246,7 +250,7 @@ fn predict_multi_keeps_the_order_and_names_the_bad_item() {
         .iter()
         .find(|(id, _)| id == "spend")
         .unwrap();
-    assert_eq!((spend.requests, spend.errors, spend.items), (5, 4, 10));
+    assert_eq!((spend.requests, spend.errors, spend.items), (6, 5, 11));
 }
 
 #[test]

@@ -522,3 +522,113 @@ fn model_cli_names_the_bad_line_and_inspects() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/model"));
 }
+
+/// Copies a generated model folder into `service/models/<name>`.
+fn copy_model(model: &str, service: &Path, name: &str) {
+    let from = scoring_cases().join(model).join("model");
+    let to = service.join("models").join(name);
+    for entry in walk(&from) {
+        let target = to.join(entry.strip_prefix(&from).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, target).unwrap();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// `apinode bundle <args>`: (success, stdout, stderr).
+fn bundle_cli(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("bundle")
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bundle_build_loads_every_model_and_inspect_describes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = dir.path().join("svc");
+    copy_model("binary_logistic", &service, "churn");
+    copy_model("kmeans", &service, "segments");
+    let write_toml = |segments_kind: &str| {
+        std::fs::write(
+            service.join("service.toml"),
+            format!(
+                "[service]\nid = \"models\"\n\n\
+                 [[endpoints]]\nid = \"churn\"\nkind = \"prediction\"\nmodel = {{ path = \"models/churn\" }}\n\n\
+                 [[endpoints]]\nid = \"segments\"\nkind = \"{segments_kind}\"\nmodel = {{ path = \"models/segments\" }}\n"
+            ),
+        )
+        .unwrap();
+    };
+    let archive = dir.path().join("models.zip");
+    let build = || {
+        bundle_cli(&[
+            "build".as_ref(),
+            service.as_os_str(),
+            "-o".as_ref(),
+            archive.as_os_str(),
+        ])
+    };
+
+    write_toml("clustering");
+    let (ok, _, stderr) = build();
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = bundle_cli(&["inspect".as_ref(), archive.as_os_str()]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("model      churn: BINARY_PROBABILISTIC LOGISTIC")
+            && stdout.contains("classes: no, yes"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("model      segments: CLUSTERING"),
+        "{stdout}"
+    );
+
+    // A clustering model declared as a prediction: refused at build, nothing written.
+    std::fs::remove_file(&archive).unwrap();
+    write_toml("prediction");
+    let (ok, _, stderr) = build();
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "endpoint `segments` is a `prediction` endpoint but its model is a clustering model"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !archive.exists(),
+        "a bundle that cannot serve is not left behind"
+    );
+
+    // A damaged export: the error names the file.
+    write_toml("clustering");
+    let gz = service.join("models/churn/dss_pipeline_model.gz");
+    let bytes = std::fs::read(&gz).unwrap();
+    std::fs::write(&gz, &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, _, stderr) = build();
+    assert!(!ok);
+    assert!(
+        stderr.contains("endpoint `churn`") && stderr.contains("dss_pipeline_model.gz"),
+        "{stderr}"
+    );
+}
