@@ -3,7 +3,9 @@
 //! - **Throughput and latency**: the `lookup` endpoint of a real `apinode serve` (release
 //!   binary, 1M-row table by default) against a bare hyper 1.x server that answers every
 //!   request with the exact bytes of one real lookup answer (the ceiling: what HTTP alone costs
-//!   on this box). Both are driven by the same load generator, in this process (a minimal
+//!   on this box); then the same for the `predict` endpoint of a binary logistic model
+//!   (`apinode_benches::write_churn_model`, features in the request) against a ceiling that
+//!   answers with a real prediction's bytes. Both are driven by the same load generator, in this process (a minimal
 //!   HTTP/1.1 client on a current-thread tokio runtime, 32 keep-alive connections, one request
 //!   in flight per connection, the same keys): a closed loop at maximum load, then an open
 //!   loop at half of the node's maximum rate, for both servers, latency measured from each
@@ -30,7 +32,9 @@
 //! `target/bench-results/http-<phase>.perf.data`; `=dwarf` for call graphs through code built
 //! without frame pointers; it slows the server, so take figures from a run without it).
 
-use apinode_benches::{bench_rows, customer_key, customers_table};
+use apinode_benches::{
+    CHURN_CATEGORIES, CHURN_NUMERIC, bench_rows, customer_key, customers_table, write_churn_model,
+};
 use apinode_lookup::{Lookup, LookupConfig, Table};
 use base64::Engine;
 use bytes::Bytes;
@@ -63,6 +67,7 @@ const STALL_THRESHOLD: Duration = Duration::from_micros(200);
 const ADMIN_KEY: &str = "bench-admin-key";
 const SERVICE: &str = "bench";
 const ENDPOINT: &str = "customer";
+const PREDICT_ENDPOINT: &str = "churn";
 const CONNECTIONS: usize = 32;
 /// Distinct request bodies, drawn once with a fixed seed; every run sends the same sequence.
 const KEYS: usize = 100_000;
@@ -528,6 +533,50 @@ fn lookup_path() -> String {
     format!("/public/api/v1/{SERVICE}/{ENDPOINT}/lookup")
 }
 
+fn predict_path() -> String {
+    format!("/public/api/v1/{SERVICE}/{PREDICT_ENDPOINT}/predict")
+}
+
+/// `KEYS` predict requests in the official client's shape (features, and `explanations` with
+/// nulls), random values (xorshift, fixed seed): some numbers missing, some categories
+/// unseen. The first one's body is also returned.
+fn predict_requests() -> (Arc<Vec<Bytes>>, String) {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let path = predict_path();
+    let bodies: Vec<String> = (0..KEYS)
+        .map(|_| {
+            let mut features = serde_json::Map::new();
+            for (i, name) in CHURN_NUMERIC.iter().enumerate() {
+                let r = next();
+                let value = if r % 20 == 0 {
+                    Value::Null
+                } else {
+                    json!((r % 100_000) as f64 / [10.0, 500.0, 100_000.0][i])
+                };
+                features.insert((*name).into(), value);
+            }
+            for (name, levels) in CHURN_CATEGORIES {
+                let r = next() as usize % (levels.len() + 1);
+                features.insert(name.into(), json!(levels.get(r).unwrap_or(&"unseen")));
+            }
+            json!({"features": features, "explanations": {"enabled": null, "method": null,
+                   "nExplanations": null, "nMonteCarloSteps": null}})
+            .to_string()
+        })
+        .collect();
+    let requests = bodies
+        .iter()
+        .map(|body| Bytes::from(http_request("POST", &path, false, body.as_bytes())))
+        .collect();
+    (Arc::new(requests), bodies[0].clone())
+}
+
 fn percent_encode(text: &str) -> String {
     let mut out = String::new();
     for byte in text.bytes() {
@@ -863,10 +912,16 @@ kind = "dataset-lookup"
 [endpoints.lookup]
 dataset = "customers"
 keys = ["key"]
+
+[[endpoints]]
+id = "{PREDICT_ENDPOINT}"
+kind = "prediction"
+model = {{ path = "model" }}
 "#
         ),
     )
     .expect("write service.toml");
+    write_churn_model(&folder.join("model")).expect("write the model export");
     let bundle = work.path().join("bench-v1.zip");
     let status = Command::new(&node_bin)
         .args(["bundle", "build"])
@@ -977,16 +1032,17 @@ keys = ["key"]
     // Maximum load (closed loop), then half of the node's maximum (open loop), both servers;
     // each after a warm-up at the same load.
     let mut phases: Vec<(&'static str, Phase)> = Vec::new();
-    let mut phase = |name: &'static str, server: &Server, rate: Option<f64>, warm_up: bool| {
-        if warm_up {
-            let _ = runtime.block_on(load(
-                server.addr,
-                server.pid(),
-                &requests,
-                rate,
-                settings.warm_up,
-            ));
-        }
+    let mut phase = |name: &'static str,
+                     server: &Server,
+                     requests: &Arc<Vec<Bytes>>,
+                     rate: Option<f64>| {
+        let _ = runtime.block_on(load(
+            server.addr,
+            server.pid(),
+            requests,
+            rate,
+            settings.warm_up,
+        ));
         let profile = settings
             .perf
             .filter(|_| rate.is_none())
@@ -994,7 +1050,7 @@ keys = ["key"]
         let result = runtime.block_on(load(
             server.addr,
             server.pid(),
-            &requests,
+            requests,
             rate,
             settings.phase,
         ));
@@ -1013,11 +1069,47 @@ keys = ["key"]
         phases.push((name, result));
         rate
     };
-    let node_max = phase("node_max", &node, None, true);
-    let ceiling_max = phase("ceiling_max", &ceiling, None, true);
+    let node_max = phase("node_max", &node, &requests, None);
+    let ceiling_max = phase("ceiling_max", &ceiling, &requests, None);
     let half = node_max / 2.0;
-    phase("node_half", &node, Some(half), true);
-    phase("ceiling_half", &ceiling, Some(half), true);
+    phase("node_half", &node, &requests, Some(half));
+    phase("ceiling_half", &ceiling, &requests, Some(half));
+    drop(ceiling);
+
+    // The same for predictions, against a ceiling answering with a real prediction.
+    let (predict_requests, first_predict) = predict_requests();
+    let predict_answer = runtime.block_on(call(
+        addr,
+        "POST",
+        &predict_path(),
+        false,
+        first_predict.as_bytes(),
+    ));
+    let answer: Value = serde_json::from_slice(&predict_answer).expect("a JSON answer");
+    assert!(
+        answer["result"]["probas"]["churn"].is_f64(),
+        "the first prediction has probabilities: {answer}"
+    );
+    std::fs::write(&body_file, &predict_answer).expect("write the ceiling's body");
+    let mut ceiling_command =
+        pinning.server_command(&std::env::current_exe().expect("the bench knows its path"));
+    ceiling_command.env(CEILING_ENV, &body_file);
+    let ceiling = Server::start(ceiling_command, "hyper ceiling (predict)");
+    let node_predict_max = phase("node_predict_max", &node, &predict_requests, None);
+    let ceiling_predict_max = phase("ceiling_predict_max", &ceiling, &predict_requests, None);
+    let predict_half = node_predict_max / 2.0;
+    phase(
+        "node_predict_half",
+        &node,
+        &predict_requests,
+        Some(predict_half),
+    );
+    phase(
+        "ceiling_predict_half",
+        &ceiling,
+        &predict_requests,
+        Some(predict_half),
+    );
 
     let memory = Memory {
         rss_before,
@@ -1033,8 +1125,11 @@ keys = ["key"]
     drop(node);
     let results = Results {
         ratio: node_max / ceiling_max,
+        predict_ratio: node_predict_max / ceiling_predict_max,
         phases,
         half,
+        predict_half,
+        predict_body_bytes: predict_answer.len(),
         cold_total,
         cold_import,
         memory,
@@ -1051,6 +1146,11 @@ struct Results {
     ratio: f64,
     /// The open loop's rate: half of the node's maximum.
     half: f64,
+    /// Node / ceiling requests per second at maximum load, for `predict`.
+    predict_ratio: f64,
+    /// The open loop's rate for `predict`.
+    predict_half: f64,
+    predict_body_bytes: usize,
     cold_total: Duration,
     cold_import: Duration,
     memory: Memory,
@@ -1079,12 +1179,16 @@ fn render(settings: &Settings, pinning: &Pinning, results: Results) -> Report {
     let table_and_index = (memory.table_bytes + memory.index_bytes) as f64;
     let (node_max, ceiling_max) = (results.phase("node_max"), results.phase("ceiling_max"));
     let (node_half, ceiling_half) = (results.phase("node_half"), results.phase("ceiling_half"));
+    let (node_predict_half, ceiling_predict_half) = (
+        results.phase("node_predict_half"),
+        results.phase("ceiling_predict_half"),
+    );
     // Requests per second of server CPU: the ratio if both servers had had a full core.
     let per_cpu = |p: &Phase| p.rate() / p.server_cpu.max(f64::EPSILON);
     let cpu_ratio = per_cpu(node_max) / per_cpu(ceiling_max);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mib = |b: u64| b as f64 / 1_048_576.0;
-    let half = results.half;
+    let (half, predict_half) = (results.half, results.predict_half);
     let nproc = Command::new("nproc")
         .arg("--all")
         .output()
@@ -1124,20 +1228,32 @@ fn render(settings: &Settings, pinning: &Pinning, results: Results) -> Report {
             describe(core1)
         ));
     }
+    line(format!(
+        "- predict: a binary logistic model over {} numeric and {} categorical features; answer body {} bytes",
+        CHURN_NUMERIC.len(),
+        CHURN_CATEGORIES.len(),
+        results.predict_body_bytes
+    ));
     line(
-        "\n| load | server | req/s | p50 | p99 | p99.9 | errors | server CPU | load-gen CPU |"
+        "\n| route | load | server | req/s | p50 | p99 | p99.9 | errors | server CPU | load-gen CPU |"
             .to_owned(),
     );
-    line("|---|---|---|---|---|---|---|---|---|".to_owned());
+    line("|---|---|---|---|---|---|---|---|---|---|".to_owned());
     for (name, phase) in &results.phases {
-        let (load, server) = match *name {
-            "node_max" => ("max (closed loop)".to_owned(), "apinode"),
-            "ceiling_max" => ("max (closed loop)".to_owned(), "hyper ceiling"),
-            "node_half" => (format!("{half:.0} req/s (open loop)"), "apinode"),
-            _ => (format!("{half:.0} req/s (open loop)"), "hyper ceiling"),
+        let (route, rate) = match name.contains("predict") {
+            true => ("predict", predict_half),
+            false => ("lookup", half),
+        };
+        let load = match name.ends_with("_max") {
+            true => "max (closed loop)".to_owned(),
+            false => format!("{rate:.0} req/s (open loop)"),
+        };
+        let server = match name.starts_with("node") {
+            true => "apinode",
+            false => "hyper ceiling",
         };
         line(format!(
-            "| {load} | {server} | {:.0} | {} µs | {} µs | {} µs | {} | {:.2} | {:.2} |",
+            "| {route} | {load} | {server} | {:.0} | {} µs | {} µs | {} µs | {} | {:.2} | {:.2} |",
             phase.rate(),
             phase.quantile_us(0.5),
             phase.quantile_us(0.99),
@@ -1158,6 +1274,14 @@ fn render(settings: &Settings, pinning: &Pinning, results: Results) -> Report {
         node_half.quantile_us(0.99),
         ceiling_half.quantile_us(0.5),
         ceiling_half.quantile_us(0.99),
+    ));
+    line(format!(
+        "- predict throughput: apinode / ceiling = **{:.2}×** (goal ≥ 0.5×); at half load ({predict_half:.0} req/s): apinode p50 {} µs, p99 **{} µs**; the ceiling p50 {} µs, p99 {} µs",
+        results.predict_ratio,
+        node_predict_half.quantile_us(0.5),
+        node_predict_half.quantile_us(0.99),
+        ceiling_predict_half.quantile_us(0.5),
+        ceiling_predict_half.quantile_us(0.99),
     ));
     line(format!(
         "- cold start: **{:.0} ms** from `create service` to the first answer, of which {:.0} ms create + import (goal ≤ 2 s)",
@@ -1203,6 +1327,15 @@ fn render(settings: &Settings, pinning: &Pinning, results: Results) -> Report {
         "half_load_rate": half,
         "node_half": node_half.json(),
         "ceiling_half": ceiling_half.json(),
+        "predict": {
+            "answer_body_bytes": results.predict_body_bytes,
+            "node_max": results.phase("node_predict_max").json(),
+            "ceiling_max": results.phase("ceiling_predict_max").json(),
+            "ratio_to_ceiling": results.predict_ratio,
+            "half_load_rate": predict_half,
+            "node_half": node_predict_half.json(),
+            "ceiling_half": ceiling_predict_half.json(),
+        },
         "cold_start_ms": ms(results.cold_total),
         "cold_start_create_and_import_ms": ms(results.cold_import),
         "memory": {
