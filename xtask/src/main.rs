@@ -1,14 +1,19 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
 //! - `ci`: everything CI checks, in order: fmt, build, lint, the Python virtualenv, the
-//!   scoring differential cases (models trained and scored by `dataiku-scoring`), Rust tests,
-//!   benchmark smoke, Python conformance tests against the debug binary. If it passes locally,
-//!   CI passes.
+//!   scoring differential cases (models trained and scored by `dataiku-scoring`), the scoring
+//!   benchmark's models, Rust tests, benchmark smoke (each benchmark once on small inputs, the
+//!   scoring one with a short `dataiku-scoring` run), Python conformance tests against the debug
+//!   binary. If it passes locally, CI passes.
 //! - `lint`: clippy with `-D warnings`, plus the architecture rules (only `apinode-lookup`
 //!   may depend on DataFusion; libraries don't use anyhow; every crate root has `//!` docs).
 //! - `fmt`: `cargo fmt --all`.
-//! - `bench [NAME]`: the benchmarks in `benches/` (all, or one by name: `lookup`, `http`), in
-//!   release, after building the release `apinode` binary the HTTP benchmark serves with.
+//! - `bench [NAME] [-- ARGS]`: the benchmarks, in release: all of them, or one by name.
+//!   `lookup` (`benches/lookup.rs`) and `http` (`benches/http`: lookup and predict over HTTP,
+//!   against the release `apinode` binary built first); `scoring`
+//!   (`crates/apinode-scoring/benches/scoring.rs`): apinode-scoring against `dataiku-scoring` in the Python virtualenv, on the models and rows
+//!   `crates/apinode-scoring/tests/python/make_bench_models.py` generates. ARGS go to the
+//!   benchmark (a criterion filter, for instance).
 
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
@@ -29,6 +34,14 @@ const PYTHON_REQUIREMENTS: &[&str] = &[
 const PYTHON_TESTS: &str = "crates/apinode-server/tests/python";
 /// Writes model exports and dataiku-scoring's predictions on them for the differential test.
 const SCORING_GENERATOR: &str = "crates/apinode-scoring/tests/python/make_models.py";
+/// Writes the scoring benchmark's models and rows (it imports `SCORING_GENERATOR`'s helpers).
+const SCORING_BENCH_GENERATOR: &str = "crates/apinode-scoring/tests/python/make_bench_models.py";
+/// The benchmarks in `benches/` and their packages (`http` is its own package so its release
+/// build does not compile DataFusion); `scoring` lives in its crate.
+const BENCHES: &[(&str, &str)] = &[
+    ("lookup", "apinode-benches"),
+    ("http", "apinode-bench-http"),
+];
 
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -39,17 +52,71 @@ fn main() -> anyhow::Result<()> {
         "lint" => lint(&root),
         "fmt" => run(cargo().args(["fmt", "--all"])),
         "bench" => {
-            // The HTTP benchmark drives the release `apinode` binary: build it first.
-            run(cargo().args(["build", "--release", "--locked", "-p", "apinode-server"]))?;
-            let mut command = cargo();
-            command.args(["bench", "--locked", "-p", "apinode-benches"]);
-            if let Some(name) = std::env::args().nth(2) {
-                command.args(["--bench", &name]);
+            let name = std::env::args().nth(2).filter(|n| n != "--");
+            let rest: Vec<String> = std::env::args()
+                .skip(2)
+                .skip_while(|a| a != "--")
+                .skip(1)
+                .collect();
+            match name.as_deref() {
+                Some("scoring") => bench_scoring(&root, &rest),
+                None => {
+                    bench_apinode(None, &rest)?;
+                    bench_scoring(&root, &rest)
+                }
+                Some(name) if BENCHES.iter().any(|(b, _)| *b == name) => {
+                    bench_apinode(Some(name), &rest)
+                }
+                Some(other) => bail!(
+                    "no benchmark named `{other}`: the benchmarks are lookup, http and scoring"
+                ),
             }
-            run(&mut command)
         }
-        _ => bail!("usage: cargo xtask <ci | lint | fmt | bench [NAME]>"),
+        _ => bail!("usage: cargo xtask <ci | lint | fmt | bench [NAME] [-- ARGS]>"),
     }
+}
+
+/// The benchmarks in `benches/`, one or all, after the release `apinode` binary.
+fn bench_apinode(name: Option<&str>, args: &[String]) -> anyhow::Result<()> {
+    // The HTTP benchmark drives the release `apinode` binary: build it first.
+    run(cargo().args(["build", "--release", "--locked", "-p", "apinode-server"]))?;
+    for (bench, package) in BENCHES {
+        if name.is_some_and(|n| n != *bench) {
+            continue;
+        }
+        let mut command = cargo();
+        command.args(["bench", "--locked", "-p", package, "--bench", bench]);
+        if !args.is_empty() {
+            command.arg("--").args(args);
+        }
+        run(&mut command)?;
+    }
+    Ok(())
+}
+
+/// apinode-scoring against dataiku-scoring: the virtualenv and the bench models first. Builds
+/// only apinode-scoring (no DataFusion, no server).
+fn bench_scoring(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    let python = step("python virtualenv", || python_venv(root))?;
+    let models = step("scoring bench models", || {
+        scoring_bench_models(root, &python)
+    })?;
+    let mut command = cargo();
+    command
+        .args([
+            "bench",
+            "--locked",
+            "-p",
+            "apinode-scoring",
+            "--bench",
+            "scoring",
+        ])
+        .env("APINODE_PYTHON", &python)
+        .env("APINODE_SCORING_BENCH", &models);
+    if !args.is_empty() {
+        command.arg("--").args(args);
+    }
+    run(&mut command)
 }
 
 fn project_root() -> PathBuf {
@@ -109,16 +176,22 @@ fn ci(root: &Path) -> anyhow::Result<()> {
     let cases = step("scoring cases from dataiku-scoring", || {
         scoring_cases(root, &python)
     })?;
+    let bench_models = step("scoring bench models", || {
+        scoring_bench_models(root, &python)
+    })?;
     step("rust tests", || {
         run(cargo()
             .args(["test", "--workspace", "--locked"])
             .env("APINODE_SCORING_CASES", &cases))
     })?;
-    // Each benchmark once, on a small table, so they never rot (figures come from `bench`).
+    // Each benchmark once, on a small table, so they never rot (figures come from `bench`);
+    // the scoring one also runs its Python timing script briefly.
     step("benchmark smoke", || {
         run(cargo()
             .args(["test", "--workspace", "--benches", "--locked"])
-            .env("APINODE_BENCH_ROWS", "10000"))
+            .env("APINODE_BENCH_ROWS", "10000")
+            .env("APINODE_PYTHON", &python)
+            .env("APINODE_SCORING_BENCH", &bench_models))
     })?;
     step("python conformance tests", || {
         python_tests(root, &python, &cases)
@@ -284,6 +357,33 @@ fn scoring_cases(root: &Path, python: &Path) -> anyhow::Result<PathBuf> {
         .arg(&cases))?;
     std::fs::write(&stamp, &wanted)?;
     Ok(cases)
+}
+
+/// Generates the scoring benchmark's models and rows (a few seconds), again only when a
+/// generator or the requirements changed; returns their directory.
+fn scoring_bench_models(root: &Path, python: &Path) -> anyhow::Result<PathBuf> {
+    let dir = target_dir()?.join("scoring-bench");
+    let mut hasher = Sha256::new();
+    for file in PYTHON_REQUIREMENTS
+        .iter()
+        .chain([&SCORING_GENERATOR, &SCORING_BENCH_GENERATOR])
+    {
+        hasher
+            .update(std::fs::read(root.join(file)).with_context(|| format!("cannot read {file}"))?);
+    }
+    let wanted = hex::encode(hasher.finalize());
+    let stamp = target_dir()?.join("scoring-bench.sha256");
+    if dir.join("bench.json").exists()
+        && std::fs::read_to_string(&stamp).unwrap_or_default().trim() == wanted
+    {
+        eprintln!("scoring bench models up to date in {}", dir.display());
+        return Ok(dir);
+    }
+    run(Command::new(python)
+        .arg(root.join(SCORING_BENCH_GENERATOR))
+        .arg(&dir))?;
+    std::fs::write(&stamp, &wanted)?;
+    Ok(dir)
 }
 
 /// Runs pytest against the debug binary (the prediction tests serve the scoring cases).
