@@ -4,6 +4,7 @@
 mod admin_api;
 mod auth;
 mod error;
+mod node_service;
 mod user_api;
 
 use apinode_runtime::Runtime;
@@ -13,11 +14,10 @@ use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::sync::Arc;
-use tower::Layer;
-use tower::util::MapRequestLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub(crate) use error::ApiError;
+pub(crate) use node_service::{NodeService, serve_connections};
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -33,19 +33,10 @@ pub(crate) struct HttpLimits {
     pub(crate) max_archive_bytes: usize,
 }
 
-/// The complete service: path normalization in front of the router, so that the official
+/// The node's service: the user API's hot route answered directly ([`NodeService`]), the
+/// rest through the router, with path normalization in front of it so that the official
 /// client's `//public/...` and trailing slashes reach the same routes.
-pub(crate) fn app(
-    runtime: Arc<Runtime>,
-    limits: HttpLimits,
-) -> impl tower::Service<
-    Request,
-    Response = Response,
-    Error = std::convert::Infallible,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static {
+pub(crate) fn node_service(runtime: Arc<Runtime>, limits: HttpLimits) -> NodeService {
     let state = AppState { runtime };
     let router = Router::new()
         .route("/isAlive", get(is_alive))
@@ -58,8 +49,8 @@ pub(crate) fn app(
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(json_errors))
-        .with_state(state);
-    MapRequestLayer::new(normalize_path).layer(router)
+        .with_state(state.clone());
+    NodeService::new(state, router, limits.max_body_bytes)
 }
 
 async fn is_alive(State(state): State<AppState>) -> Response {

@@ -1,7 +1,7 @@
 //! `apinode serve`: open the data directory, load every generation, then listen.
 
 use crate::config::NodeConfig;
-use crate::http::{HttpLimits, app};
+use crate::http::{HttpLimits, node_service, serve_connections};
 use anyhow::Context;
 use apinode_runtime::{Runtime, RuntimeConfig};
 use clap::Args;
@@ -81,14 +81,13 @@ pub(crate) async fn serve(
         max_body_bytes: config.max_body_bytes,
         max_archive_bytes: config.max_archive_bytes,
     };
-    let service = app(runtime, limits);
+    let service = node_service(runtime, limits);
     on_ready(addr);
     // Tests and scripts read this line to learn the port.
     println!("apinode listening on http://{addr}");
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "node ready");
-    axum::serve(listener, tower::make::Shared::new(service))
-        .with_graceful_shutdown(shutdown_signal())
+    serve_connections(listener, service, shutdown_signal())
         .await
         .context("the HTTP server failed")
 }

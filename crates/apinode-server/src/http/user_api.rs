@@ -12,23 +12,46 @@ use serde_json::Value;
 use std::io::Write;
 use std::time::Instant;
 
+/// The axum route, for requests the direct path ([`super::node_service`]) leaves to the
+/// router (paths that needed normalizing or percent-decoding).
 pub(super) async fn call(
     State(state): State<AppState>,
     Path((service, endpoint, route)): Path<(String, String, String)>,
     credentials: PresentedCredentials,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let start = Instant::now();
-    let action = Action::from_route(&route).ok_or_else(|| {
+    answer(
+        &state,
+        &service,
+        &endpoint,
+        &route,
+        &credentials,
+        &body,
+        Instant::now(),
+    )
+}
+
+/// Answers one user query: parses the body, calls the runtime, writes the protocol's
+/// response. `start` is when the request reached the node (for `timing.total`).
+pub(super) fn answer(
+    state: &AppState,
+    service: &str,
+    endpoint: &str,
+    route: &str,
+    credentials: &PresentedCredentials,
+    body: &[u8],
+    start: Instant,
+) -> Result<Response, ApiError> {
+    let action = Action::from_route(route).ok_or_else(|| {
         ApiError::not_found(format!(
             "unknown action `{route}`: use predict, predict-multi, lookup, lookup-multi, query or run"
         ))
     })?;
-    let body = parse_body(&body)?;
+    let body = parse_body(body)?;
     let dispatch = parse_dispatch(&body)?;
     let request = CallRequest {
-        service: &service,
-        endpoint: &endpoint,
+        service,
+        endpoint,
         action,
         body: &body,
         dispatch,
@@ -43,9 +66,7 @@ pub(super) async fn call(
             return Err(e.into());
         }
     };
-    Ok(write_response(
-        &service, &endpoint, &response, start, action,
-    ))
+    Ok(write_response(service, endpoint, &response, start, action))
 }
 
 /// An empty body is `{}` (the official client sends none when there is nothing to send).
