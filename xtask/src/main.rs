@@ -86,6 +86,11 @@ fn bench_apinode(name: Option<&str>, args: &[String]) -> anyhow::Result<()> {
         }
         let mut command = cargo();
         command.args(["bench", "--locked", "-p", package, "--bench", bench]);
+        if *bench == "lookup" {
+            // Both engines in the process get malloc's transparent huge pages, as `apinode
+            // serve` gives itself (crates/apinode-server/src/huge_pages.rs).
+            command.env("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1");
+        }
         if !args.is_empty() {
             command.arg("--").args(args);
         }

@@ -5,6 +5,7 @@ mod bundle_cmd;
 mod config;
 mod demo;
 mod http;
+mod huge_pages;
 mod model_cmd;
 mod serve;
 
@@ -73,6 +74,10 @@ enum BundleCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_) | Command::Demo(_)) {
+        // Before any thread or allocation that matters: the new process starts from here.
+        huge_pages::enable();
+    }
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bundle { command } => match command {
