@@ -487,16 +487,16 @@ fn a_bad_generation_never_replaces_a_good_one() {
     assert!(matches!(err, Error::Bundle { .. }), "{err}");
 
     // A valid bundle with a kind this node does not serve yet.
-    let archive = build_bundle(
-        &node.work,
+    let refused = |version: &str, extra: &str| {
+        let archive = build_bundle(&node.work, version, "Paris", extra);
+        node.runtime
+            .import_generation_from_file("customers", &archive, ADMIN)
+            .unwrap_err()
+    };
+    let err = refused(
         "v3",
-        "Paris",
         "[[endpoints]]\nid = \"f\"\nkind = \"python-function\"\n[endpoints.python]\ncode = \"f.py\"\nfunction = \"f\"\n",
     );
-    let err = node
-        .runtime
-        .import_generation_from_file("customers", &archive, ADMIN)
-        .unwrap_err();
     assert!(
         err.to_string()
             .contains("kind `python-function`, which this node cannot serve yet"),
@@ -505,16 +505,10 @@ fn a_bad_generation_never_replaces_a_good_one() {
     assert!(matches!(err, Error::Unservable { .. }));
 
     // A valid bundle whose model file is not a model: the error names the file and why.
-    let archive = build_bundle(
-        &node.work,
+    let err = refused(
         "v4",
-        "Paris",
         "[[endpoints]]\nid = \"score\"\nkind = \"prediction\"\n[endpoints.model]\npath = \"model.bin\"\n",
     );
-    let err = node
-        .runtime
-        .import_generation_from_file("customers", &archive, ADMIN)
-        .unwrap_err();
     assert!(
         err.to_string()
             .contains("endpoint `score`: `model.bin` is not a readable zip archive"),
