@@ -1,14 +1,17 @@
-//! The hash index: an open-addressing table of `u64` slots, each holding the first row (in
-//! table order) of one distinct key and 32 bits of the key's hash, plus, only when the table
-//! has duplicate keys, a `next` chain through the rows sharing a key.
+//! The hash index: an open-addressing table of 16-byte slots, each holding the first row (in
+//! table order) of one distinct key, 32 bits of the key's hash, and where the key is (its
+//! value for a single fixed-width key, its byte range in the Arrow string buffer for a single
+//! string key), plus, only when the table has duplicate keys, a `next` chain through the rows
+//! sharing a key.
 //!
 //! Why not hashbrown: a probe there reads a control group, then the slot it points to, two
-//! dependent cache misses before the key can even be compared. Here the slot itself carries
-//! the hash tag, so a probe of a table larger than the cache costs one miss to reach the row
-//! id, then the key's own bytes in the Arrow arrays to confirm it (measured in
-//! docs/benchmarks.md). Keys are never copied: equality is checked against the Arrow arrays,
-//! and the tag makes a wasted comparison about one in four billion.
-//! 8 bytes per slot at a load factor between 0.35 and 0.7 (12 to 23 bytes per distinct key),
+//! dependent cache misses before the key can even be compared. Here the slot carries the hash
+//! tag, so a probe of a table larger than the cache costs one miss to reach the row id; and it
+//! carries the key's location, so confirming a string key costs one more miss (the key's
+//! bytes) instead of two (the Arrow offsets, then the bytes), and a fixed-width key none
+//! (measured in docs/benchmarks.md). Keys are never copied: strings are compared against the
+//! Arrow buffer, and the tag makes a wasted comparison about one in four billion.
+//! 16 bytes per slot at a load factor between 0.35 and 0.7 (23 to 46 bytes per distinct key),
 //! plus 4 bytes per row when there are duplicates.
 
 use crate::key::{KeyValue, TypedColumn, hash_value};
@@ -18,11 +21,14 @@ use std::hash::{BuildHasher, Hasher};
 const NONE: u32 = u32::MAX;
 const EMPTY: u64 = u64::MAX;
 
+/// `[tag << 32 | row, locator]` for the first row of each distinct key; `[EMPTY, _]` where
+/// none. The locator is [`KeyIndex::locator`] of the row.
+type Slot = [u64; 2];
+
 #[derive(Debug)]
 pub(crate) struct KeyIndex {
     keys: Vec<TypedColumn>,
-    /// `tag << 32 | row` for the first row of each distinct key; `EMPTY` where none.
-    slots: Vec<u64>,
+    slots: Vec<Slot>,
     /// `slots.len() - 1` (the length is a power of two).
     mask: usize,
     distinct: usize,
@@ -58,7 +64,11 @@ fn slot_count(keys: usize) -> usize {
 impl KeyIndex {
     pub(crate) fn build(keys: Vec<TypedColumn>, rows: usize) -> KeyIndex {
         let state = FixedState::with_seed(0x9e37_79b9_7f4a_7c15);
-        let mut slots = vec![EMPTY; slot_count(rows)];
+        let locator = |row: usize| match keys.as_slice() {
+            [single] => single.locator(row),
+            _ => 0,
+        };
+        let mut slots = vec![[EMPTY, 0]; slot_count(rows)];
         let mut mask = slots.len() - 1;
         let mut next: Vec<u32> = Vec::new();
         let mut distinct = 0;
@@ -70,19 +80,19 @@ impl KeyIndex {
             let hash = hash_row(&keys, &state, row);
             let mut at = home(hash, mask);
             loop {
-                let slot = slots[at];
-                if slot == EMPTY {
-                    slots[at] = tag(hash) << 32 | row as u64;
+                let [word, _] = slots[at];
+                if word == EMPTY {
+                    slots[at] = [tag(hash) << 32 | row as u64, locator(row)];
                     distinct += 1;
                     break;
                 }
-                let head = (slot & 0xffff_ffff) as usize;
-                if slot >> 32 == tag(hash) && keys.iter().all(|k| k.rows_equal(head, row)) {
+                let head = (word & 0xffff_ffff) as usize;
+                if word >> 32 == tag(hash) && keys.iter().all(|k| k.rows_equal(head, row)) {
                     if next.is_empty() {
                         next = vec![NONE; rows];
                     }
                     next[row] = head as u32;
-                    slots[at] = tag(hash) << 32 | row as u64;
+                    slots[at] = [tag(hash) << 32 | row as u64, locator(row)];
                     break;
                 }
                 at = (at + 1) & mask;
@@ -90,12 +100,12 @@ impl KeyIndex {
         }
         // Many duplicates leave the table mostly empty: rebuild it at the size it needs.
         if slot_count(distinct) < slots.len() {
-            let mut fitted = vec![EMPTY; slot_count(distinct)];
+            let mut fitted = vec![[EMPTY, 0]; slot_count(distinct)];
             mask = fitted.len() - 1;
-            for &slot in slots.iter().filter(|&&s| s != EMPTY) {
-                let head = (slot & 0xffff_ffff) as usize;
+            for &slot in slots.iter().filter(|s| s[0] != EMPTY) {
+                let head = (slot[0] & 0xffff_ffff) as usize;
                 let mut at = home(hash_row(&keys, &state, head), mask);
-                while fitted[at] != EMPTY {
+                while fitted[at][0] != EMPTY {
                     at = (at + 1) & mask;
                 }
                 fitted[at] = slot;
@@ -133,14 +143,12 @@ impl KeyIndex {
     pub(crate) fn probe_hashed(&self, hash: u64, values: &[KeyValue<'_>]) -> Matches<'_> {
         let mut at = home(hash, self.mask);
         let head = loop {
-            let slot = self.slots[at];
-            if slot == EMPTY {
+            let [word, locator] = self.slots[at];
+            if word == EMPTY {
                 break NONE;
             }
-            let head = (slot & 0xffff_ffff) as usize;
-            if slot >> 32 == tag(hash)
-                && self.keys.iter().zip(values).all(|(k, v)| k.equals(head, v))
-            {
+            let head = (word & 0xffff_ffff) as usize;
+            if word >> 32 == tag(hash) && self.confirm(head, locator, values) {
                 break head as u32;
             }
             at = (at + 1) & self.mask;
@@ -151,6 +159,16 @@ impl KeyIndex {
         }
     }
 
+    /// Whether the key of `row` (whose slot holds `locator`) equals `values`: from the locator
+    /// alone for a single key, against the Arrow arrays for a composite one.
+    #[inline]
+    fn confirm(&self, row: usize, locator: u64, values: &[KeyValue<'_>]) -> bool {
+        match (self.keys.as_slice(), values) {
+            ([single], [value]) => single.matches_locator(locator, value),
+            _ => self.keys.iter().zip(values).all(|(k, v)| k.equals(row, v)),
+        }
+    }
+
     /// Number of distinct keys.
     pub(crate) fn distinct_keys(&self) -> usize {
         self.distinct
@@ -158,7 +176,7 @@ impl KeyIndex {
 
     /// Heap bytes held by the index (not counting the table it refers to).
     pub(crate) fn memory_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<u64>()
+        self.slots.capacity() * std::mem::size_of::<Slot>()
             + self.next.capacity() * std::mem::size_of::<u32>()
     }
 }

@@ -267,6 +267,73 @@ impl TypedColumn {
     }
 }
 
+/// `a == b`, without a `memcmp` call for keys of 4 to 16 bytes (most keys): two overlapping
+/// word compares. Confirming a probe's key is on the hot path of every lookup.
+#[inline]
+fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    fn word<const N: usize>(s: &[u8], at: usize) -> [u8; N] {
+        s.get(at..at + N)
+            .and_then(|w| w.try_into().ok())
+            .unwrap_or([0; N])
+    }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        8..=16 => word::<8>(a, 0) == word::<8>(b, 0) && word::<8>(a, n - 8) == word::<8>(b, n - 8),
+        4..=7 => word::<4>(a, 0) == word::<4>(b, 0) && word::<4>(a, n - 4) == word::<4>(b, n - 4),
+        _ => a == b,
+    }
+}
+
+/// A string key's location in its array's value buffer, for the index's slot: offset in the
+/// high half, length in the low half (Arrow's `i32` offsets fit both).
+fn string_locator(offset: i32, length: i32) -> u64 {
+    (offset as u32 as u64) << 32 | length as u32 as u64
+}
+
+impl TypedColumn {
+    /// What the index keeps in a row's slot so that a single-column key can be confirmed
+    /// without reading the row's offsets: the value's bits for a fixed-width key (as
+    /// [`KeyValue`] carries them), the byte range of a string.
+    pub(crate) fn locator(&self, row: usize) -> u64 {
+        match self {
+            TypedColumn::Str(a) => {
+                let offsets = a.value_offsets();
+                string_locator(offsets[row], offsets[row + 1] - offsets[row])
+            }
+            TypedColumn::Int(a) => a.value(row) as u64,
+            TypedColumn::Float(a) => float_bits(a.value(row)),
+            TypedColumn::Bool(a) => u64::from(a.value(row)),
+            TypedColumn::Date(a) => i64::from(a.value(row)) as u64,
+            TypedColumn::Timestamp(a) => a.value(row) as u64,
+        }
+    }
+
+    /// Whether `value` is the key a slot's `locator` describes: [`TypedColumn::equals`] on the
+    /// row, without reading the row's offsets.
+    #[inline]
+    pub(crate) fn matches_locator(&self, locator: u64, value: &KeyValue<'_>) -> bool {
+        match (self, value) {
+            (TypedColumn::Str(a), KeyValue::Str(s)) => {
+                let (offset, length) = ((locator >> 32) as usize, (locator as u32) as usize);
+                length == s.len()
+                    && a.value_data()
+                        .get(offset..offset + length)
+                        .is_some_and(|stored| bytes_eq(stored, s.as_bytes()))
+            }
+            (
+                TypedColumn::Int(_) | TypedColumn::Date(_) | TypedColumn::Timestamp(_),
+                KeyValue::Int(i),
+            ) => locator == *i as u64,
+            (TypedColumn::Float(_), KeyValue::Float(f)) => locator == float_bits(*f),
+            (TypedColumn::Bool(_), KeyValue::Bool(b)) => locator == u64::from(*b),
+            _ => false,
+        }
+    }
+}
+
 pub(crate) fn hash_value(value: &KeyValue<'_>, hasher: &mut impl Hasher) {
     match value {
         KeyValue::Str(s) => hash_str(s, hasher),
@@ -335,6 +402,24 @@ mod tests {
         assert!(conv(KeyType::Int64, json!(1.5)).is_err());
         assert!(conv(KeyType::Date, json!("2024-13-01")).is_err());
         assert!(conv(KeyType::Boolean, json!({"a": 1})).is_err());
+    }
+
+    #[test]
+    fn short_and_long_byte_strings_compare_exactly() {
+        let texts: Vec<String> = (0..40)
+            .map(|n| "abcdefghij".repeat(4)[..n].to_owned())
+            .collect();
+        for a in &texts {
+            for b in &texts {
+                assert_eq!(bytes_eq(a.as_bytes(), b.as_bytes()), a == b, "{a:?} {b:?}");
+            }
+            // One byte changed anywhere is seen.
+            for i in 0..a.len() {
+                let mut c = a.clone().into_bytes();
+                c[i] ^= 1;
+                assert!(!bytes_eq(a.as_bytes(), &c), "{a:?} byte {i}");
+            }
+        }
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub(crate) fn enable() {
             .env("GLIBC_TUNABLES", value)
             .exec();
         // `exec` returns only when it failed: serve without huge pages.
-        eprintln!("apinode: could not re-execute with transparent huge pages ({error}); continuing without");
+        eprintln!(
+            "apinode: could not re-execute with transparent huge pages ({error}); continuing without"
+        );
     }
 }
