@@ -33,7 +33,8 @@ const R_LAUNCHER: &str = r#"exec 3>&1 1>&2 4<&0 0</dev/null; exec "$0" "$@""#;
 pub(crate) struct Worker {
     pub(crate) id: u64,
     child: Child,
-    stdin: ChildStdin,
+    /// `None` once closed: EOF asks the worker to end.
+    stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     buf: Vec<u8>,
     tail: Arc<Mutex<VecDeque<String>>>,
@@ -104,7 +105,7 @@ impl Worker {
         let mut worker = Worker {
             id,
             child,
-            stdin,
+            stdin: Some(stdin),
             stdout: BufReader::with_capacity(64 * 1024, stdout),
             buf: Vec::new(),
             tail,
@@ -123,7 +124,7 @@ impl Worker {
             data_folder: spec.data_folder.as_deref(),
         })?;
         let handshake = async {
-            worker.stdin.write_all(&init).await?;
+            worker.send(&init).await?;
             worker.read_frame().await.map(<[u8]>::to_vec)
         };
         let reply = match tokio::time::timeout(timeout, handshake).await {
@@ -177,8 +178,15 @@ impl Worker {
     /// Sends one call frame and reads the reply frame. An error means the worker is gone or
     /// unusable (EOF: it died; `InvalidData`: it wrote garbage).
     pub(crate) async fn call(&mut self, frame: &[u8]) -> io::Result<&[u8]> {
-        self.stdin.write_all(frame).await?;
+        self.send(frame).await?;
         self.read_frame().await
+    }
+
+    async fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        match &mut self.stdin {
+            Some(stdin) => stdin.write_all(frame).await,
+            None => Err(io::ErrorKind::BrokenPipe.into()),
+        }
     }
 
     async fn read_frame(&mut self) -> io::Result<&[u8]> {
@@ -227,9 +235,8 @@ impl Worker {
 
     /// Ends an idle worker politely: EOF on its input ends its loop; killed after `grace`.
     pub(crate) async fn retire(mut self, grace: Duration) {
-        // Replacing stdin with a closed pipe is not possible; shutting down the write half
-        // closes it, which the worker reads as EOF.
-        let _ = self.stdin.shutdown().await;
+        // Closing the pipe (not `shutdown`, a no-op on a pipe) is the EOF the worker waits for.
+        drop(self.stdin.take());
         if tokio::time::timeout(grace, self.child.wait())
             .await
             .is_err()

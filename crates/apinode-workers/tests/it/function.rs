@@ -1,7 +1,7 @@
 //! Python functions: arguments, return values, user output, user errors, load errors.
 
 use crate::{config, fixture, python_function, start};
-use apinode_workers::{Error, Pool, WorkerKind, WorkerSpec};
+use apinode_workers::{Error, LogTags, Pool, WorkerKind, WorkerSpec};
 use serde_json::{Value, json};
 
 const HANDLER: &str = r#"
@@ -195,4 +195,57 @@ async fn a_missing_interpreter_is_a_spawn_error() {
         }
         other => panic!("expected a spawn error, got {other:?}"),
     }
+}
+
+/// A `Write` into a shared buffer, for capturing log lines.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn user_output_is_logged_with_the_pools_tags() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    // The test's runtime is single-threaded: the pool's tasks log on this thread.
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let code = fixture("handler.py", HANDLER);
+    let mut config = config();
+    config.tags = LogTags {
+        service: "svc-a".into(),
+        endpoint: "ep-b".into(),
+        generation: "gen-c".into(),
+    };
+    let pool = start(python_function(&code.file, "handler"), config).await;
+    pool.run(&json!({"a": 1})).await.unwrap();
+    pool.shutdown().await;
+
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("and a raw write to fd 1"))
+        .unwrap_or_else(|| panic!("the worker's output is in the log:\n{log}"));
+    for tag in [
+        "service=svc-a",
+        "endpoint=ep-b",
+        "generation=gen-c",
+        "apinode_workers::output",
+    ] {
+        assert!(line.contains(tag), "{tag} in {line}");
+    }
+    assert!(log.contains("module output goes to the log"), "{log}");
 }

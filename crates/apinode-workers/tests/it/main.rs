@@ -111,3 +111,10 @@ pub(crate) async fn start(spec: WorkerSpec, config: PoolConfig) -> Pool {
         .await
         .unwrap_or_else(|e| panic!("the pool did not start: {e}"))
 }
+
+#[test]
+fn a_pool_is_shared_between_tasks() {
+    fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<Pool>();
+    send_and_sync::<apinode_workers::Error>();
+}
