@@ -1,8 +1,8 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
-//! - `ci`: everything CI checks, in order: fmt, build, lint, the Python virtualenv, the
-//!   scoring differential cases (models trained and scored by `dataiku-scoring`), the scoring
-//!   benchmark's models, Rust tests, benchmark smoke (each benchmark once on small inputs, the
+//! - `ci`: everything CI checks, in order: fmt, build, lint, the Python virtualenv, R (from
+//!   Debian's packages when missing), the scoring differential cases (models trained and scored
+//!   by `dataiku-scoring`), the scoring benchmark's models, Rust tests, benchmark smoke (each benchmark once on small inputs, the
 //!   scoring one with a short `dataiku-scoring` run), Python conformance tests against the debug
 //!   binary. If it passes locally, CI passes.
 //! - `lint`: clippy with `-D warnings`, plus the architecture rules (only `apinode-lookup`
@@ -178,6 +178,7 @@ fn ci(root: &Path) -> anyhow::Result<()> {
     })?;
     step("lint", || lint(root))?;
     let python = step("python virtualenv", || python_venv(root))?;
+    step("R for the R endpoints", ensure_r)?;
     let cases = step("scoring cases from dataiku-scoring", || {
         scoring_cases(root, &python)
     })?;
@@ -404,7 +405,37 @@ fn python_tests(root: &Path, python: &Path, cases: &Path) -> anyhow::Result<()> 
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .arg(root.join(PYTHON_TESTS))
         .env("APINODE_BIN", &binary)
-        .env("APINODE_SCORING_CASES", cases))
+        .env("APINODE_SCORING_CASES", cases)
+        // The nodes' Python code environments (pandas for predictors), built once per
+        // machine like the workers crate's own test environments beside them.
+        .env("APINODE_ENVS_DIR", target_dir()?.join("workers-envs")))
+}
+
+/// The R endpoints' tests need `Rscript` with jsonlite: installs Debian's r-base-core and
+/// r-cran-jsonlite when they are missing, and fails (never skips) if that does not work.
+fn ensure_r() -> anyhow::Result<()> {
+    let has_r = || {
+        Command::new("Rscript")
+            .args(["-e", "library(jsonlite)"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has_r() {
+        return Ok(());
+    }
+    let install = || {
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "r-base-core", "r-cran-jsonlite"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    if install().is_err() {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        install()?;
+    }
+    if !has_r() {
+        bail!("R with jsonlite is still missing after installing r-base-core and r-cran-jsonlite");
+    }
+    Ok(())
 }
 
 fn which_python() -> anyhow::Result<PathBuf> {

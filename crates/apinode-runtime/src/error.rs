@@ -55,6 +55,13 @@ pub enum Error {
         #[source]
         source: apinode_scoring::Error,
     },
+    /// A Python or R endpoint's workers could not answer: overloaded or draining (retry
+    /// later), a timeout or a dead worker (the worker is replaced), or the user code raised.
+    #[error("{source}")]
+    Worker {
+        #[source]
+        source: apinode_workers::Error,
+    },
     /// The archive is not a valid bundle.
     #[error("invalid bundle {origin}: {source}")]
     Bundle {

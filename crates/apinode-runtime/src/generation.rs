@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::metrics::EndpointStats;
+use crate::workers::{WorkerContext, WorkerEndpoint, extract_files, load_worker_endpoint};
 use apinode_bundle::{
     AuthMode, Bundle, DatasetSource, EndpointKind, EndpointSpec, LookupAction as SpecAction,
     LookupSpec, Manifest,
@@ -22,6 +23,10 @@ pub const SERVED_KINDS: &[EndpointKind] = &[
     EndpointKind::DatasetLookup,
     EndpointKind::Prediction,
     EndpointKind::Clustering,
+    EndpointKind::PythonFunction,
+    EndpointKind::PythonPrediction,
+    EndpointKind::RFunction,
+    EndpointKind::RPrediction,
 ];
 
 #[derive(Debug)]
@@ -43,6 +48,7 @@ pub(crate) struct Endpoint {
 pub(crate) enum Handler {
     Lookup(Lookup),
     Predict(PredictEndpoint),
+    Worker(WorkerEndpoint),
 }
 
 /// A `prediction` or `clustering` endpoint: a visual model, and the lookups that enrich each
@@ -61,12 +67,15 @@ impl Handler {
         match self {
             Handler::Lookup(lookup) => std::slice::from_ref(lookup),
             Handler::Predict(predict) => predict.enrichment.steps(),
+            Handler::Worker(worker) => worker.enrichment.steps(),
         }
     }
 }
 
 impl LoadedGeneration {
-    pub(crate) fn load(bundle: &Bundle) -> Result<LoadedGeneration> {
+    /// Loads every endpoint; Python and R endpoints start their worker pools, reading the
+    /// generation's files from `workers.files_dir` (written here).
+    pub(crate) fn load(bundle: &Bundle, workers: &WorkerContext<'_>) -> Result<LoadedGeneration> {
         let manifest = bundle.manifest().clone();
         let generation = manifest.version.clone();
         let unservable = |message: String| Error::Unservable {
@@ -74,6 +83,13 @@ impl LoadedGeneration {
             message,
         };
         let auth = ServiceAuth::from_manifest(&manifest).map_err(unservable)?;
+        if manifest
+            .endpoints
+            .iter()
+            .any(|e| matches!(e.kind.section(), "python" | "r"))
+        {
+            extract_files(bundle, &workers.files_dir).map_err(&unservable)?;
+        }
         let mut tables: HashMap<String, Arc<Table>> = HashMap::new();
         let mut endpoints = HashMap::with_capacity(manifest.endpoints.len());
         for spec in &manifest.endpoints {
@@ -102,6 +118,17 @@ impl LoadedGeneration {
                 }
                 EndpointKind::Prediction | EndpointKind::Clustering => {
                     Handler::Predict(load_predict(bundle, &mut tables, spec).map_err(unservable)?)
+                }
+                EndpointKind::PythonFunction
+                | EndpointKind::PythonPrediction
+                | EndpointKind::RFunction
+                | EndpointKind::RPrediction => {
+                    let enrichment =
+                        load_enrichment(bundle, &mut tables, spec).map_err(unservable)?;
+                    Handler::Worker(
+                        load_worker_endpoint(bundle, spec, workers, enrichment)
+                            .map_err(unservable)?,
+                    )
                 }
                 other => {
                     return Err(unservable(format!(
@@ -155,6 +182,20 @@ fn load_predict(
         .as_ref()
         .ok_or_else(|| format!("endpoint `{id}` has no `model` section"))?;
     let model = load_model(bundle, spec)?;
+    Ok(PredictEndpoint {
+        model,
+        enrichment: load_enrichment(bundle, tables, spec)?,
+        return_post_enrich: model_spec.return_post_enrich,
+    })
+}
+
+/// The enrichment steps of a prediction endpoint, indexed.
+fn load_enrichment(
+    bundle: &Bundle,
+    tables: &mut HashMap<String, Arc<Table>>,
+    spec: &EndpointSpec,
+) -> std::result::Result<Enrichment, String> {
+    let id = &spec.id;
     let mut steps = Vec::with_capacity(spec.enrich.len());
     for (i, step) in spec.enrich.iter().enumerate() {
         let table = table_for(bundle, tables, &step.dataset)
@@ -164,11 +205,7 @@ fn load_predict(
                 .map_err(|e| format!("endpoint `{id}` enrich[{i}]: {e}"))?,
         );
     }
-    Ok(PredictEndpoint {
-        model,
-        enrichment: Enrichment::new(steps),
-        return_post_enrich: model_spec.return_post_enrich,
-    })
+    Ok(Enrichment::new(steps))
 }
 
 /// Loads the model of a `prediction` or `clustering` endpoint from the bundle's copy of the

@@ -22,6 +22,7 @@ mod metrics;
 mod prediction;
 mod runtime;
 mod state;
+mod workers;
 
 pub use admin_keys::AdminKeyInfo;
 pub use error::{Error, Result};
@@ -33,3 +34,4 @@ pub use runtime::{
     LookupOutput, Output, Runtime, RuntimeConfig, ServiceSummary,
 };
 pub use state::{Mapping, MappingEntry};
+pub use workers::{WorkerCall, WorkerOutput};

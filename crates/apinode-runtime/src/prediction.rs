@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::generation::PredictEndpoint;
-use apinode_lookup::Enriched;
+use apinode_lookup::{Enriched, Enrichment};
 use apinode_scoring::{IgnoreReason, PredictedValue, Prediction, Predictions};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -88,7 +88,7 @@ pub fn write_result(
 }
 
 /// Writes the `result` of a record answered without a prediction.
-fn write_ignored(
+pub(crate) fn write_ignored(
     code: &str,
     message: &str,
     post_enrich: Option<&Map<String, Value>>,
@@ -116,9 +116,36 @@ fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 
 /// What enrichment made of a record: the features to score (borrowed when there is nothing
 /// to enrich), or the reason it is answered `ignored`.
-enum Prepared<'a> {
+#[derive(Debug)]
+pub(crate) enum Prepared<'a> {
     Score(Cow<'a, Map<String, Value>>),
     Ignored(&'static str, Map<String, Value>),
+}
+
+impl Prepared<'_> {
+    /// The same, owning its features (for a call that outlives the request body).
+    pub(crate) fn into_owned(self) -> Prepared<'static> {
+        match self {
+            Prepared::Score(features) => Prepared::Score(Cow::Owned(features.into_owned())),
+            Prepared::Ignored(code, features) => Prepared::Ignored(code, features),
+        }
+    }
+}
+
+/// Applies an endpoint's enrichment to a record's features; a copy is made only when there
+/// are steps. An error names the step that failed.
+pub(crate) fn enrich_record<'a>(
+    enrichment: &Enrichment,
+    features: &'a Map<String, Value>,
+) -> std::result::Result<Prepared<'a>, (usize, apinode_lookup::Error)> {
+    if enrichment.steps().is_empty() {
+        return Ok(Prepared::Score(Cow::Borrowed(features)));
+    }
+    let mut owned = features.clone();
+    Ok(match enrichment.apply(&mut owned)? {
+        Enriched::Applied => Prepared::Score(Cow::Owned(owned)),
+        Enriched::Ignored(reason) => Prepared::Ignored(reason.as_str(), owned),
+    })
 }
 
 impl PredictEndpoint {
@@ -152,14 +179,13 @@ impl PredictEndpoint {
         let start = Instant::now();
         let mut prepared = Vec::with_capacity(records.len());
         for (i, features) in records.iter().enumerate() {
-            prepared.push(
-                self.enrich(features)
-                    .map_err(|(step, source)| Error::Enrichment {
-                        item: item(i),
-                        step,
-                        source,
-                    })?,
-            );
+            prepared.push(enrich_record(&self.enrichment, features).map_err(
+                |(step, source)| Error::Enrichment {
+                    item: item(i),
+                    step,
+                    source,
+                },
+            )?);
         }
         let enrich_micros = start.elapsed().as_micros() as u64;
 
@@ -216,20 +242,6 @@ impl PredictEndpoint {
         Ok(out)
     }
 
-    fn enrich<'a>(
-        &self,
-        features: &'a Map<String, Value>,
-    ) -> std::result::Result<Prepared<'a>, (usize, apinode_lookup::Error)> {
-        if self.enrichment.steps().is_empty() {
-            return Ok(Prepared::Score(Cow::Borrowed(features)));
-        }
-        let mut owned = features.clone();
-        Ok(match self.enrichment.apply(&mut owned)? {
-            Enriched::Applied => Prepared::Score(Cow::Owned(owned)),
-            Enriched::Ignored(reason) => Prepared::Ignored(reason.as_str(), owned),
-        })
-    }
-
     /// Scores the records as one batch; an error names the first record that fails (index
     /// in `records`).
     fn score(
@@ -254,7 +266,7 @@ impl PredictEndpoint {
 
 /// The official client always sends `explanations`, with nulls when the caller did not ask;
 /// an explicit request for them is refused rather than silently answered without them.
-fn refuse_explanations(body: &Value) -> Result<()> {
+pub(crate) fn refuse_explanations(body: &Value) -> Result<()> {
     match body.pointer("/explanations/enabled") {
         None | Some(Value::Null | Value::Bool(false)) => Ok(()),
         Some(_) => Err(Error::InvalidQuery {
@@ -267,7 +279,7 @@ fn refuse_explanations(body: &Value) -> Result<()> {
 }
 
 /// The `features` object of a query or an item; `location` names it in the error.
-fn features_of<'a>(value: &'a Value, location: &str) -> Result<&'a Map<String, Value>> {
+pub(crate) fn features_of<'a>(value: &'a Value, location: &str) -> Result<&'a Map<String, Value>> {
     value
         .get("features")
         .and_then(Value::as_object)

@@ -3,8 +3,9 @@
 use crate::error::{Error, Result};
 use crate::generation::{Credentials, Handler, LoadedGeneration};
 use crate::metrics::{EndpointMetrics, Metrics, ServiceMetrics};
-use crate::prediction::PredictOutput;
+use crate::prediction::{PredictOutput, features_of, refuse_explanations};
 use crate::state::{self, GenerationRecord, Mapping, NodeState, ServiceState};
+use crate::workers::{WorkerCall, WorkerContext, WorkerHost};
 use apinode_bundle::{Bundle, EndpointKind, Limits};
 use apinode_lookup::Match;
 use arc_swap::ArcSwap;
@@ -22,6 +23,13 @@ pub struct RuntimeConfig {
     /// Where state and generation archives live; created if absent.
     pub data_dir: PathBuf,
     pub limits: Limits,
+    /// Where Python code environments (one virtualenv per `requirements.txt` content) are
+    /// built and kept; `<data_dir>/envs` when `None`.
+    pub envs_dir: Option<PathBuf>,
+    /// The Python that runs Python endpoints, or builds their environments (`python3`).
+    pub python: PathBuf,
+    /// The `Rscript` that runs R endpoints.
+    pub rscript: PathBuf,
 }
 
 impl RuntimeConfig {
@@ -29,6 +37,9 @@ impl RuntimeConfig {
         RuntimeConfig {
             data_dir: data_dir.into(),
             limits: Limits::default(),
+            envs_dir: None,
+            python: PathBuf::from("python3"),
+            rscript: PathBuf::from("Rscript"),
         }
     }
 }
@@ -104,6 +115,9 @@ pub struct CallResponse {
 pub enum Output {
     Lookup(LookupOutput),
     Predict(PredictOutput),
+    /// A Python or R endpoint's call, handed to its workers: await [`WorkerCall::finish`].
+    /// Its metrics are recorded when it finishes.
+    Worker(WorkerCall),
 }
 
 /// Lookup results: one item per queried record; matched rows are JSON objects written into
@@ -185,6 +199,8 @@ pub struct Runtime {
     state: Mutex<NodeState>,
     services: ArcSwap<HashMap<String, Arc<ServiceHandle>>>,
     started: Instant,
+    /// Python and R workers; last, so pools end before their runtime.
+    workers: WorkerHost,
 }
 
 impl Runtime {
@@ -193,12 +209,17 @@ impl Runtime {
     pub fn open(config: RuntimeConfig) -> Result<Runtime> {
         let data_dir = config.data_dir;
         fs::create_dir_all(&data_dir).map_err(|e| Error::storage(&data_dir, e))?;
+        let workers = WorkerHost::new(
+            config.envs_dir.unwrap_or_else(|| data_dir.join("envs")),
+            config.python,
+            config.rscript,
+        );
         let node_state = state::load(&data_dir)?;
         let mut services = HashMap::new();
         for (service_id, service_state) in &node_state.services {
             let mut loaded = HashMap::new();
             for record in &service_state.generations {
-                match load_archive(&data_dir, &config.limits, service_id, record) {
+                match load_archive(&data_dir, &config.limits, &workers, service_id, record) {
                     Ok(generation) => {
                         loaded.insert(record.id.clone(), Arc::new(generation));
                     }
@@ -221,6 +242,7 @@ impl Runtime {
             state: Mutex::new(node_state),
             services: ArcSwap::from_pointee(services),
             started: Instant::now(),
+            workers,
         })
     }
 
@@ -288,13 +310,43 @@ impl Runtime {
         }
         let start = Instant::now();
         let items = match request.action {
-            Action::Lookup | Action::Predict => 1,
+            Action::Lookup | Action::Predict | Action::Run => 1,
             _ => request
                 .body
                 .get("items")
                 .and_then(Value::as_array)
                 .map_or(0, Vec::len),
         };
+        if let Handler::Worker(worker) = &endpoint.handler {
+            let call = match request.action {
+                Action::Run => worker.run_call(request.body),
+                Action::Predict => refuse_explanations(request.body)
+                    .and_then(|()| features_of(request.body, "features"))
+                    .and_then(|features| worker.predict_call(&[features], false)),
+                _ => refuse_explanations(request.body)
+                    .and_then(|()| multi_features(request.body))
+                    .and_then(|records| worker.predict_call(&records, true)),
+            };
+            let mut call = match call {
+                Ok(call) => call,
+                Err(e) => {
+                    endpoint.stats.record(items, 0, false);
+                    return Err(e);
+                }
+            };
+            let (held, name) = (generation.clone(), request.endpoint.to_owned());
+            call.on_done = Box::new(move |items, micros, ok| {
+                if let Some(endpoint) = held.endpoints.get(&name) {
+                    endpoint.stats.record(items, micros, ok);
+                }
+            });
+            return Ok(CallResponse {
+                generation: generation.id.clone(),
+                key_id,
+                output: Output::Worker(call),
+                endpoint_micros: 0,
+            });
+        }
         let result = match (&endpoint.handler, request.action) {
             (Handler::Lookup(lookup), Action::Lookup) => lookup_single(lookup, request.body),
             (Handler::Lookup(lookup), _) => lookup_multi(lookup, request.body),
@@ -304,6 +356,7 @@ impl Runtime {
             (Handler::Predict(predict), _) => {
                 predict.predict_multi(request.body).map(Output::Predict)
             }
+            (Handler::Worker(_), _) => unreachable_worker(),
         };
         let endpoint_micros = start.elapsed().as_micros() as u64;
         endpoint
@@ -455,7 +508,14 @@ impl Runtime {
                 )))
             };
         }
-        let loaded = Arc::new(LoadedGeneration::load(&bundle)?);
+        let loaded = Arc::new(LoadedGeneration::load(
+            &bundle,
+            &WorkerContext {
+                host: &self.workers,
+                service,
+                files_dir: state::generation_files_dir(&self.data_dir, service, &generation_id),
+            },
+        )?);
         drop(bundle);
 
         let mut state = self.lock_state();
@@ -892,9 +952,33 @@ fn write_match(lookup: &apinode_lookup::Lookup, found: Match, buffer: &mut Vec<u
     LookupItem::Data(start..buffer.len())
 }
 
+/// The `features` of every item of a `predict-multi` body.
+fn multi_features(body: &Value) -> Result<Vec<&serde_json::Map<String, Value>>> {
+    let items = body
+        .get("items")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::InvalidQuery {
+            location: "items".into(),
+            message: "required: an array of {\"features\": {...}} objects".into(),
+        })?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| features_of(item, &format!("items[{i}].features")))
+        .collect()
+}
+
+/// Worker endpoints return before the synchronous handlers run.
+fn unreachable_worker() -> Result<Output> {
+    Err(Error::Unavailable(
+        "internal: a worker endpoint reached the synchronous path".into(),
+    ))
+}
+
 fn load_archive(
     data_dir: &Path,
     limits: &Limits,
+    workers: &WorkerHost,
     service: &str,
     record: &GenerationRecord,
 ) -> Result<LoadedGeneration> {
@@ -913,7 +997,14 @@ fn load_archive(
     let origin = path.display().to_string();
     let bundle = Bundle::from_bytes(Bytes::from(data), &origin, limits)
         .map_err(|source| Error::Bundle { origin, source })?;
-    LoadedGeneration::load(&bundle)
+    LoadedGeneration::load(
+        &bundle,
+        &WorkerContext {
+            host: workers,
+            service,
+            files_dir: state::generation_files_dir(data_dir, service, &record.id),
+        },
+    )
 }
 
 /// Service ids travel in URLs and file names: `[A-Za-z0-9_-]{1,64}`.

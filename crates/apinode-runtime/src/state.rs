@@ -85,6 +85,16 @@ pub(crate) fn state_path(data_dir: &Path) -> PathBuf {
     data_dir.join("state.json")
 }
 
+/// Where a generation's files live on disk for its Python and R workers (code, requirements,
+/// folders), rewritten from the archive each time the generation loads.
+pub(crate) fn generation_files_dir(data_dir: &Path, service: &str, generation: &str) -> PathBuf {
+    data_dir
+        .join("services")
+        .join(service)
+        .join("generations")
+        .join(format!("{generation}.files"))
+}
+
 pub(crate) fn archive_path(data_dir: &Path, service: &str, generation: &str) -> PathBuf {
     data_dir
         .join("services")

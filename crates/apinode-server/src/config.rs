@@ -18,6 +18,12 @@ pub(crate) struct ConfigFile {
     pub(crate) max_body_bytes: Option<usize>,
     /// Largest archive accepted by the upload route (default 4 GiB).
     pub(crate) max_archive_bytes: Option<usize>,
+    /// The Python that runs Python endpoints and builds their environments (`python3`).
+    pub(crate) python: Option<PathBuf>,
+    /// The `Rscript` that runs R endpoints (`Rscript`).
+    pub(crate) rscript: Option<PathBuf>,
+    /// Where Python code environments are built and kept (`<data_dir>/envs`).
+    pub(crate) envs_dir: Option<PathBuf>,
 }
 
 impl ConfigFile {
@@ -36,6 +42,10 @@ pub(crate) struct NodeConfig {
     pub(crate) data_dir: PathBuf,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_archive_bytes: usize,
+    pub(crate) python: PathBuf,
+    pub(crate) rscript: PathBuf,
+    /// `None`: `<data_dir>/envs`. `APINODE_ENVS_DIR` overrides the file.
+    pub(crate) envs_dir: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -57,6 +67,12 @@ impl NodeConfig {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             max_body_bytes: file.max_body_bytes.unwrap_or(16 << 20),
             max_archive_bytes: file.max_archive_bytes.unwrap_or(4 << 30),
+            python: file.python.unwrap_or_else(|| PathBuf::from("python3")),
+            rscript: file.rscript.unwrap_or_else(|| PathBuf::from("Rscript")),
+            envs_dir: std::env::var_os("APINODE_ENVS_DIR")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or(file.envs_dir),
         })
     }
 }

@@ -46,7 +46,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let config = NodeConfig::resolve(None, Some(args.data_dir.clone()), Some(args.bind))?;
     tokio_runtime()?.block_on(async move {
-        let (runtime, generated) = open_runtime(args.data_dir.clone()).await?;
+        let (runtime, generated) = open_runtime(&config).await?;
         // Show a working admin key: the environment's, the one just generated, or a new one
         // (keys are stored hashed, so an earlier run's cannot be shown again).
         let admin_key = match (std::env::var("APINODE_ADMIN_KEY"), generated) {

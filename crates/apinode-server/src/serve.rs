@@ -27,7 +27,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing();
     let config = NodeConfig::resolve(args.config.as_deref(), args.data_dir, args.bind)?;
     tokio_runtime()?.block_on(async {
-        let (runtime, _) = open_runtime(config.data_dir.clone()).await?;
+        let (runtime, _) = open_runtime(&config).await?;
         serve(runtime, &config, |_| {}).await
     })
 }
@@ -51,10 +51,14 @@ pub(crate) fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Opens the data directory (loading every generation) and makes sure an admin key exists.
 /// Returns the admin key generated on first start, if one was (already printed).
 pub(crate) async fn open_runtime(
-    data_dir: PathBuf,
+    config: &NodeConfig,
 ) -> anyhow::Result<(Arc<Runtime>, Option<String>)> {
-    let shown = data_dir.display().to_string();
-    let runtime = tokio::task::spawn_blocking(move || Runtime::open(RuntimeConfig::new(data_dir)))
+    let shown = config.data_dir.display().to_string();
+    let mut runtime_config = RuntimeConfig::new(config.data_dir.clone());
+    runtime_config.python = config.python.clone();
+    runtime_config.rscript = config.rscript.clone();
+    runtime_config.envs_dir = config.envs_dir.clone();
+    let runtime = tokio::task::spawn_blocking(move || Runtime::open(runtime_config))
         .await
         .context("the loading task failed")?
         .with_context(|| format!("cannot open the data directory {shown}"))?;

@@ -19,10 +19,9 @@ const KEY: &str = "secret-key-1";
 fn build_bundle(dir: &Path, version: &str, city_of_1: &str, extra: &str) -> PathBuf {
     let service = dir.join(format!("svc-{version}"));
     std::fs::create_dir_all(service.join("data")).unwrap();
-    // Files the endpoints in `extra` can name: a model, something that is not one, code.
+    // Files the endpoints in `extra` can name: a model, and something that is not one.
     predict::write_spend_model(&service.join("models/spend"));
     std::fs::write(service.join("model.bin"), b"model").unwrap();
-    std::fs::write(service.join("f.py"), "def f():\n    return 1\n").unwrap();
     std::fs::write(
         service.join("data/customers.csv"),
         format!(
@@ -495,11 +494,11 @@ fn a_bad_generation_never_replaces_a_good_one() {
     };
     let err = refused(
         "v3",
-        "[[endpoints]]\nid = \"f\"\nkind = \"python-function\"\n[endpoints.python]\ncode = \"f.py\"\nfunction = \"f\"\n",
+        "[[endpoints]]\nid = \"q\"\nkind = \"sql-query\"\n[endpoints.sql]\ndatasets = [\"customers\"]\nstatements = [{ sql = \"SELECT 1\" }]\n",
     );
     assert!(
         err.to_string()
-            .contains("kind `python-function`, which this node cannot serve yet"),
+            .contains("kind `sql-query`, which this node cannot serve yet"),
         "{err}"
     );
     assert!(matches!(err, Error::Unservable { .. }));

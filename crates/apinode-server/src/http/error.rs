@@ -4,13 +4,17 @@
 use apinode_runtime::Error;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use std::borrow::Cow;
 
 const ERROR_PREFIX: &str = "com.dataiku.dip.apinode.";
 
 #[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
-    error_type: &'static str,
+    /// The suffix after `com.dataiku.dip.apinode.`, or the whole type of a user exception.
+    error_type: Cow<'static, str>,
+    /// Whether `error_type` is one of the node's (prefixed) or a user exception's own.
+    prefixed: bool,
     message: String,
     detailed: String,
 }
@@ -24,7 +28,8 @@ impl ApiError {
         let message = message.into();
         ApiError {
             status,
-            error_type,
+            error_type: Cow::Borrowed(error_type),
+            prefixed: true,
             detailed: message.clone(),
             message,
         }
@@ -45,6 +50,11 @@ impl ApiError {
 
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
+        if let Error::Worker { source } = &error
+            && let Some(user) = user_exception(source)
+        {
+            return user;
+        }
         let (status, error_type) = match &error {
             Error::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
@@ -55,6 +65,7 @@ impl From<Error> for ApiError {
                 classify_lookup(source)
             }
             Error::Scoring { source, .. } => classify_scoring(source),
+            Error::Worker { source } => classify_worker(source),
             Error::Bundle { .. } => (StatusCode::BAD_REQUEST, "InvalidBundle"),
             Error::Unservable { .. } => (StatusCode::BAD_REQUEST, "UnservableGeneration"),
             Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
@@ -77,10 +88,50 @@ impl From<Error> for ApiError {
         }
         ApiError {
             status,
-            error_type,
+            error_type: Cow::Borrowed(error_type),
+            prefixed: true,
             message,
             detailed,
         }
+    }
+}
+
+/// A user exception is answered with its own type as `errorType` and its message as
+/// `message` (500, or the status the code asked for); the traceback goes to the log.
+fn user_exception(error: &apinode_workers::Error) -> Option<ApiError> {
+    let apinode_workers::Error::UserCode {
+        exception,
+        message,
+        traceback,
+        http_status,
+    } = error
+    else {
+        return None;
+    };
+    let status = http_status
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .filter(|s| s.is_client_error() || s.is_server_error())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    tracing::warn!(target: "apinode::user_code", %status, "{exception}: {message}\n{traceback}");
+    Some(ApiError {
+        status,
+        error_type: Cow::Owned(exception.clone()),
+        prefixed: false,
+        message: message.clone(),
+        detailed: format!("{exception}: {message}"),
+    })
+}
+
+/// Worker failures other than user exceptions: overload is retryable, the rest is the node's.
+fn classify_worker(error: &apinode_workers::Error) -> (StatusCode, &'static str) {
+    use apinode_workers::Error as W;
+    match error {
+        W::QueueFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "EndpointOverloaded"),
+        W::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+        W::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "WorkerTimeout"),
+        W::WorkerDied { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "WorkerDied"),
+        W::InvalidCall { .. } => (StatusCode::BAD_REQUEST, "InvalidQuery"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
     }
 }
 
@@ -110,8 +161,13 @@ fn classify_scoring(error: &apinode_scoring::Error) -> (StatusCode, &'static str
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let error_type = if self.prefixed {
+            format!("{ERROR_PREFIX}{}", self.error_type)
+        } else {
+            self.error_type.into_owned()
+        };
         let body = serde_json::json!({
-            "errorType": format!("{ERROR_PREFIX}{}", self.error_type),
+            "errorType": error_type,
             "message": self.message,
             "detailedMessage": self.detailed,
         });

@@ -95,7 +95,7 @@ impl NodeService {
             .to_bytes();
         // The runtime and the writers are synchronous: a panic there is caught here, as the
         // router's catch-panic layer does for the other routes.
-        std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let answered = std::panic::catch_unwind(AssertUnwindSafe(|| {
             user_api::answer(
                 &self.state,
                 service,
@@ -106,7 +106,11 @@ impl NodeService {
                 start,
             )
         }))
-        .unwrap_or_else(|panic| Ok(panic_response(panic)))
+        .unwrap_or_else(|panic| Ok(user_api::Answered::Now(panic_response(panic))))?;
+        Ok(match answered {
+            user_api::Answered::Now(response) => response,
+            user_api::Answered::Later(pending) => pending.finish().await,
+        })
     }
 }
 

@@ -3,13 +3,18 @@
 
 use super::auth::PresentedCredentials;
 use super::{ApiError, AppState};
-use apinode_runtime::{Action, CallRequest, CallResponse, Dispatch, LookupItem, Output};
+use apinode_runtime::{
+    Action, CallRequest, Dispatch, LookupItem, LookupOutput, Output, PredictOutput, WorkerCall,
+    WorkerOutput,
+};
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The axum route, for requests the direct path ([`super::node_service`]) leaves to the
@@ -20,7 +25,7 @@ pub(super) async fn call(
     credentials: PresentedCredentials,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    answer(
+    match answer(
         &state,
         &service,
         &endpoint,
@@ -28,7 +33,62 @@ pub(super) async fn call(
         &credentials,
         &body,
         Instant::now(),
-    )
+    )? {
+        Answered::Now(response) => Ok(response),
+        Answered::Later(pending) => Ok(pending.finish().await),
+    }
+}
+
+/// A user query's answer: written already, or waiting on a Python or R endpoint's workers.
+pub(super) enum Answered {
+    Now(Response),
+    Later(PendingAnswer),
+}
+
+/// A query handed to workers, with what its response needs once they answer.
+pub(super) struct PendingAnswer {
+    call: WorkerCall,
+    service: String,
+    endpoint: String,
+    generation: Arc<str>,
+    action: Action,
+    start: Instant,
+}
+
+impl PendingAnswer {
+    /// Waits for the workers and writes the response (or the error).
+    pub(super) async fn finish(self) -> Response {
+        let PendingAnswer {
+            call,
+            service,
+            endpoint,
+            generation,
+            action,
+            start,
+        } = self;
+        match call.finish().await {
+            Ok(WorkerOutput::Run {
+                response,
+                execution_micros,
+            }) => write_response(
+                &service,
+                &endpoint,
+                &generation,
+                Body::Run(&response, execution_micros),
+                start,
+                action,
+            ),
+            Ok(WorkerOutput::Predict(predict)) => write_response(
+                &service,
+                &endpoint,
+                &generation,
+                Body::Predict(&predict),
+                start,
+                action,
+            ),
+            Err(e) => ApiError::from(e).into_response(),
+        }
+    }
 }
 
 /// Answers one user query: parses the body, calls the runtime, writes the protocol's
@@ -41,7 +101,7 @@ pub(super) fn answer(
     credentials: &PresentedCredentials,
     body: &[u8],
     start: Instant,
-) -> Result<Response, ApiError> {
+) -> Result<Answered, ApiError> {
     let action = Action::from_route(route).ok_or_else(|| {
         ApiError::not_found(format!(
             "unknown action `{route}`: use predict, predict-multi, lookup, lookup-multi, query or run"
@@ -66,7 +126,23 @@ pub(super) fn answer(
             return Err(e.into());
         }
     };
-    Ok(write_response(service, endpoint, &response, start, action))
+    let generation = response.generation;
+    let write =
+        |body: Body<'_>| write_response(service, endpoint, &generation, body, start, action);
+    Ok(match response.output {
+        Output::Lookup(lookup) => {
+            Answered::Now(write(Body::Lookup(&lookup, response.endpoint_micros)))
+        }
+        Output::Predict(predict) => Answered::Now(write(Body::Predict(&predict))),
+        Output::Worker(call) => Answered::Later(PendingAnswer {
+            call,
+            service: service.to_owned(),
+            endpoint: endpoint.to_owned(),
+            generation: generation.clone(),
+            action,
+            start,
+        }),
+    })
 }
 
 /// An empty body is `{}` (the official client sends none when there is nothing to send).
@@ -110,19 +186,30 @@ fn parse_dispatch(body: &Value) -> Result<Dispatch, ApiError> {
     })
 }
 
+/// What an answer carries before `apiContext`.
+enum Body<'a> {
+    /// The rows, and the microseconds spent in the lookup.
+    Lookup(&'a LookupOutput, u64),
+    Predict(&'a PredictOutput),
+    /// A function's return value, and the microseconds its worker took.
+    Run(&'a RawValue, u64),
+}
+
 fn write_response(
     service: &str,
     endpoint: &str,
-    response: &CallResponse,
+    generation: &str,
+    body: Body<'_>,
     start: Instant,
     action: Action,
 ) -> Response {
-    let mut out = Vec::with_capacity(match &response.output {
-        Output::Lookup(lookup) => lookup.buffer.len() + 64 * lookup.items.len() + 192,
-        Output::Predict(predict) => predict.buffer.len() + 8 * predict.items.len() + 256,
+    let mut out = Vec::with_capacity(match &body {
+        Body::Lookup(lookup, _) => lookup.buffer.len() + 64 * lookup.items.len() + 192,
+        Body::Predict(predict) => predict.buffer.len() + 8 * predict.items.len() + 256,
+        Body::Run(response, _) => response.get().len() + 192,
     });
-    match &response.output {
-        Output::Lookup(lookup) => {
+    match body {
+        Body::Lookup(lookup, lookup_micros) => {
             out.extend_from_slice(b"{\"results\":[");
             for (i, item) in lookup.items.iter().enumerate() {
                 if i > 0 {
@@ -141,12 +228,20 @@ fn write_response(
             }
             let _ = write!(
                 out,
-                "],\"timing\":{{\"lookup\":{},\"total\":{}}}",
-                response.endpoint_micros,
+                "],\"timing\":{{\"lookup\":{lookup_micros},\"total\":{}}}",
                 start.elapsed().as_micros()
             );
         }
-        Output::Predict(predict) => {
+        Body::Run(response, execution_micros) => {
+            out.extend_from_slice(b"{\"response\":");
+            out.extend_from_slice(response.get().as_bytes());
+            let _ = write!(
+                out,
+                ",\"timing\":{{\"execution\":{execution_micros},\"total\":{}}}",
+                start.elapsed().as_micros()
+            );
+        }
+        Body::Predict(predict) => {
             if action == Action::Predict {
                 out.extend_from_slice(b"{\"result\":");
                 out.extend_from_slice(predict.result(0));
@@ -175,7 +270,7 @@ fn write_response(
     out.extend_from_slice(b",\"endpointId\":");
     let _ = serde_json::to_writer(&mut out, endpoint);
     out.extend_from_slice(b",\"serviceGeneration\":");
-    let _ = serde_json::to_writer(&mut out, &*response.generation);
+    let _ = serde_json::to_writer(&mut out, generation);
     out.extend_from_slice(b"}}");
     let mut http = (StatusCode::OK, out).into_response();
     http.headers_mut().insert(
