@@ -154,6 +154,16 @@ impl LoadedGeneration {
         })
     }
 
+    /// Starts draining every worker pool of the generation (in the background): no new calls,
+    /// in-flight ones finish, then the processes end.
+    pub(crate) fn drain_workers(&self) {
+        for endpoint in self.endpoints.values() {
+            if let Handler::Worker(worker) = &endpoint.handler {
+                worker.drain();
+            }
+        }
+    }
+
     /// Bytes held in memory by the generation's tables and indexes.
     pub(crate) fn resident_bytes(&self) -> usize {
         let mut seen = Vec::new();

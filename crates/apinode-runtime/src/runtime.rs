@@ -426,8 +426,19 @@ impl Runtime {
         self.save(&next)?;
         *state = next;
         let mut services = HashMap::clone(&self.services.load());
-        services.remove(service);
+        let removed = services.remove(service);
         self.services.store(Arc::new(services));
+        // Worker pools stop taking calls, finish those in flight, then end their processes.
+        if let Some(handle) = removed {
+            for generation in handle
+                .loaded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+            {
+                generation.drain_workers();
+            }
+        }
         // Queries in flight keep their generation alive until they end; the files can go.
         let dir = self.data_dir.join("services").join(service);
         if let Err(e) = fs::remove_dir_all(&dir)

@@ -309,6 +309,12 @@ pub enum WorkerOutput {
 }
 
 impl WorkerEndpoint {
+    /// Drains the pool in the background (see [`Pool::shutdown`]).
+    pub(crate) fn drain(&self) {
+        let pool = self.pool.clone();
+        self.handle.spawn(async move { pool.shutdown().await });
+    }
+
     /// A `run` query: the body's keys, but `dispatch`, are the function's arguments.
     pub(crate) fn run_call(&self, body: &Value) -> Result<WorkerCall> {
         let mut args = body.as_object().cloned().unwrap_or_default();

@@ -286,3 +286,51 @@ def test_a_generation_switch_under_load(node, workers, apinode_bin, tmp_path):
     assert errors == []
     assert 2 in sums and 1002 in sums, set(sums)
     assert client(node).run_function("add", a=1, b=1)["response"]["sum"] == 1002
+
+
+def test_a_failing_requirement_fails_the_import_with_pips_error(node, workers, apinode_bin, tmp_path):
+    folder = tmp_path / "broken"
+    shutil.copytree(workers, folder)
+    (folder / "requirements.txt").write_text("apinode-no-such-package-anywhere==9.9.9\n")
+    toml = (folder / "service.toml").read_text().replace(
+        'python = { code = "functions.py", function = "add", folders = ["assets"] }',
+        'python = { code = "functions.py", function = "add", folders = ["assets"], '
+        'requirements = "requirements.txt" }',
+    )
+    (folder / "service.toml").write_text(toml)
+    archive = build_bundle(apinode_bin, folder, tmp_path / "broken.zip", "v-broken")
+    with pytest.raises(DataikuException) as excinfo:
+        admin(node).service(SERVICE).import_generation_from_archive(str(archive))
+    message = assert_client_error(excinfo, "UnservableGeneration")
+    assert "apinode-no-such-package-anywhere" in message, message
+    assert "No matching distribution" in message or "Could not find a version" in message, message
+    # The serving generation never stopped.
+    assert client(node).run_function("add", a=1, b=1)["response"]["sum"] in (2, 1002)
+
+
+def test_deleting_the_service_drains_its_workers(start_node, apinode_bin, workers):
+    """On its own node: the pools of a deleted service end their processes."""
+    own = start_node()
+    deploy_version(own, apinode_bin, workers, "v1")
+    assert client(own).run_function("add", a=1, b=2)["response"]["sum"] == 3
+    children = worker_pids(own)
+    assert children, "the node runs worker processes"
+    admin(own).service(SERVICE).delete()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and worker_pids(own):
+        time.sleep(0.1)
+    assert worker_pids(own) == [], "the workers ended"
+
+
+def worker_pids(node: Node) -> list[int]:
+    """The node's child processes that are still running."""
+    # Every thread's children: the workers are spawned by the node's worker threads.
+    children = []
+    for task in Path(f"/proc/{node.proc.pid}/task").iterdir():
+        children += (task / "children").read_text().split()
+    alive = []
+    for child in children:
+        stat = Path(f"/proc/{child}/stat")
+        if stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z":
+            alive.append(int(child))
+    return alive
