@@ -1,0 +1,39 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong writing the audit log. `SpoolFull` and `Closed` are per record: the
+/// caller answers the query accordingly (503 with `reject`); `Io` at open means the spool
+/// directory is unusable: fix its path or permissions.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The spool holds `cap` bytes already (the store is down or slow) and the policy is
+    /// `reject`: the query should not be answered without its record.
+    #[error(
+        "the audit spool is full ({used} of {cap} bytes waiting for upload): the log store is \
+         down or too slow"
+    )]
+    SpoolFull { used: u64, cap: u64 },
+    /// The log is closed (the node is shutting down).
+    #[error("the audit log is closed")]
+    Closed,
+    /// The writer could not write the spool: the record may not be durable.
+    #[error("cannot write the audit spool at {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

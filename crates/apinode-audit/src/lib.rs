@@ -1,0 +1,30 @@
+//! `apinode-audit`: the query audit log. Every answered query leaves one [`AuditRecord`]; the
+//! records reach object storage as JSON lines, partitioned by service, date and hour, through
+//! a local spool that survives outages of the store and crashes of the node.
+//!
+//! [`AuditLog::open`] recovers what an earlier run left in the spool (a torn last line is cut,
+//! open segments are sealed) and starts a writer thread and an uploader task.
+//! [`AuditLog::log`] only enqueues: the writer group-commits whatever is queued into the spool's
+//! open segments (one per stream, service and hour), and the returned [`Logged`] resolves when
+//! the record is as durable as asked ([`Durability`]): at once (`async`), once written to the
+//! spool file (`write`: a killed process loses nothing), or once fsynced (`fsync`: a machine
+//! crash loses nothing). Segments are sealed by size or age and uploaded; a segment is deleted
+//! only after its upload succeeded, so a store that is down only makes the spool grow, up to a
+//! cap with a chosen policy ([`FullPolicy`]).
+//!
+//! What it is not: it does not decide what a record holds (the server fills it), and it does
+//! not read the logs back (that is `apinode logs query`, over the same layout).
+//!
+//! Invariants: a record acknowledged at a durability level is in the spool at that level until
+//! its segment's upload succeeded; every record reaches the store at most once per segment
+//! upload (a crash between an upload and the local delete re-uploads the same object, under the
+//! same name, so the store still holds each record once).
+
+mod error;
+mod record;
+mod spool;
+mod upload;
+
+pub use error::{Error, Result};
+pub use record::{AuditRecord, Stream};
+pub use spool::{AuditConfig, AuditLog, AuditMetrics, Durability, FullPolicy, Logged};

@@ -1,0 +1,541 @@
+//! The spool: a writer thread that group-commits queued records into one open segment file
+//! per partition, seals segments by size or age, and hands sealed ones to the uploader.
+//!
+//! Files in the spool directory: `<partition>~<segment>.open` (being written) and
+//! `<partition>~<segment>.jsonl` (sealed, waiting for upload). Only the writer touches `.open`
+//! files; only the uploader deletes `.jsonl` files.
+
+use crate::error::{Error, Result};
+use crate::record::{AuditRecord, Partition};
+use crate::upload::Uploader;
+use object_store::ObjectStore;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+pub(crate) const OPEN: &str = "open";
+pub(crate) const SEALED: &str = "jsonl";
+
+/// How durable a record is when [`AuditLog::log`]'s [`Logged`] resolves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// At once: a crash loses the records of the last batch window (a few milliseconds).
+    Async,
+    /// Once written to the spool file, with the other records of the same instant: a killed
+    /// process loses nothing (the kernel has the bytes).
+    #[default]
+    Write,
+    /// Once the spool file is fsynced: a machine crash loses nothing.
+    Fsync,
+}
+
+/// What to do with a record when the spool holds its cap already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FullPolicy {
+    /// Refuse it ([`Error::SpoolFull`]): the query is answered 503, nothing is lost silently.
+    #[default]
+    Reject,
+    /// Drop it and count it ([`AuditMetrics::dropped`]).
+    Drop,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub spool_dir: PathBuf,
+    /// Names this node's segments (`<node>-<seq>.jsonl`), so nodes sharing a store never
+    /// overwrite each other.
+    pub node_id: String,
+    /// A segment is sealed (and uploaded) once it holds this many bytes...
+    pub segment_max_bytes: u64,
+    /// ... or once it is this old.
+    pub segment_max_age: Duration,
+    /// The most bytes the spool may hold (open and sealed segments).
+    pub spool_cap_bytes: u64,
+    pub on_full: FullPolicy,
+    /// Records waiting for the writer; beyond it, `log` treats the spool as full.
+    pub queue_capacity: usize,
+}
+
+impl AuditConfig {
+    pub fn new(spool_dir: impl Into<PathBuf>, node_id: impl Into<String>) -> AuditConfig {
+        AuditConfig {
+            spool_dir: spool_dir.into(),
+            node_id: node_id.into(),
+            segment_max_bytes: 8 << 20,
+            segment_max_age: Duration::from_secs(60),
+            spool_cap_bytes: 1 << 30,
+            on_full: FullPolicy::Reject,
+            queue_capacity: 65_536,
+        }
+    }
+}
+
+/// Counters of the log's life, for the node's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AuditMetrics {
+    /// Records accepted by `log`.
+    pub queued: u64,
+    /// Records written to the spool.
+    pub written: u64,
+    /// Records in segments uploaded to the store.
+    pub uploaded: u64,
+    /// Records dropped by the `drop` policy.
+    pub dropped: u64,
+    /// Records refused by the `reject` policy.
+    pub rejected: u64,
+    /// Bytes in the spool now.
+    pub spool_bytes: u64,
+    /// Upload attempts that failed (the store down or refusing).
+    pub upload_failures: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) queued: AtomicU64,
+    pub(crate) written: AtomicU64,
+    pub(crate) uploaded: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) spool_bytes: AtomicU64,
+    pub(crate) upload_failures: AtomicU64,
+}
+
+enum Job {
+    Record {
+        record: Box<AuditRecord>,
+        durability: Durability,
+        done: Option<oneshot::Sender<Result<()>>>,
+    },
+    /// Seal every open segment and answer when they are sealed (shutdown, tests).
+    SealAll(oneshot::Sender<()>),
+}
+
+/// The audit log of a node. Cheap to share behind an `Arc`; dropping it stops the writer
+/// after what is queued (use [`AuditLog::close`] to also wait for the uploads).
+#[derive(Debug)]
+pub struct AuditLog {
+    jobs: Mutex<Option<SyncSender<Job>>>,
+    counters: Arc<Counters>,
+    config: AuditConfig,
+    uploader: Uploader,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Resolves when a record is as durable as asked; an error means it may not be.
+#[derive(Debug)]
+#[must_use = "the record is durable only once this resolves"]
+pub struct Logged {
+    state: LoggedState,
+}
+
+#[derive(Debug)]
+enum LoggedState {
+    Ready(Option<Result<()>>),
+    Waiting(oneshot::Receiver<Result<()>>),
+}
+
+impl Future for Logged {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        match &mut self.state {
+            LoggedState::Ready(result) => Poll::Ready(result.take().unwrap_or(Ok(()))),
+            LoggedState::Waiting(receiver) => Pin::new(receiver)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(Error::Closed))),
+        }
+    }
+}
+
+impl AuditLog {
+    /// Opens the spool (creating it), recovers what an earlier run left (open segments are cut
+    /// to their last whole line and sealed), and starts the writer thread and the uploader
+    /// (on the current tokio runtime), which uploads leftover segments first.
+    pub async fn open(config: AuditConfig, store: Arc<dyn ObjectStore>) -> Result<AuditLog> {
+        std::fs::create_dir_all(&config.spool_dir).map_err(|e| Error::io(&config.spool_dir, e))?;
+        let counters = Arc::new(Counters::default());
+        let spool_bytes = recover(&config.spool_dir)?;
+        counters.spool_bytes.store(spool_bytes, Ordering::Relaxed);
+        let uploader = Uploader::start(config.spool_dir.clone(), store, counters.clone());
+        let (tx, rx) = std::sync::mpsc::sync_channel(config.queue_capacity);
+        let writer = Writer {
+            config: config.clone(),
+            counters: counters.clone(),
+            open: HashMap::new(),
+            last_segment: 0,
+            uploader: uploader.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("apinode-audit".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::io(&config.spool_dir, e))?;
+        Ok(AuditLog {
+            jobs: Mutex::new(Some(tx)),
+            counters,
+            config,
+            uploader,
+            writer: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues a record; never blocks. The answer resolves when the record is as durable as
+    /// `durability` asks. With the spool at its cap, or the queue full, the record is refused
+    /// ([`Error::SpoolFull`]) or dropped, as the config says.
+    pub fn log(&self, record: AuditRecord, durability: Durability) -> Logged {
+        let ready = |result| Logged {
+            state: LoggedState::Ready(Some(result)),
+        };
+        let used = self.counters.spool_bytes.load(Ordering::Relaxed);
+        if used >= self.config.spool_cap_bytes {
+            return ready(self.full(used));
+        }
+        let (done, waiting) = match durability {
+            Durability::Async => (None, None),
+            Durability::Write | Durability::Fsync => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+        };
+        let job = Job::Record {
+            record: Box::new(record),
+            durability,
+            done,
+        };
+        let sent = match &*self.jobs.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(jobs) => jobs.try_send(job),
+            None => return ready(Err(Error::Closed)),
+        };
+        match sent {
+            Ok(()) => {
+                self.counters.queued.fetch_add(1, Ordering::Relaxed);
+                match waiting {
+                    Some(rx) => Logged {
+                        state: LoggedState::Waiting(rx),
+                    },
+                    None => ready(Ok(())),
+                }
+            }
+            Err(TrySendError::Full(_)) => ready(self.full(used)),
+            Err(TrySendError::Disconnected(_)) => ready(Err(Error::Closed)),
+        }
+    }
+
+    fn full(&self, used: u64) -> Result<()> {
+        match self.config.on_full {
+            FullPolicy::Reject => {
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(Error::SpoolFull {
+                    used,
+                    cap: self.config.spool_cap_bytes,
+                })
+            }
+            FullPolicy::Drop => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn metrics(&self) -> AuditMetrics {
+        let c = &self.counters;
+        AuditMetrics {
+            queued: c.queued.load(Ordering::Relaxed),
+            written: c.written.load(Ordering::Relaxed),
+            uploaded: c.uploaded.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            spool_bytes: c.spool_bytes.load(Ordering::Relaxed),
+            upload_failures: c.upload_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Seals every open segment now and waits until the spool is empty (every segment
+    /// uploaded), or `timeout`. Returns whether it emptied.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let sent = match &*self.jobs.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(jobs) => jobs.send(Job::SealAll(tx)).is_ok(),
+            None => false,
+        };
+        if sent {
+            let _ = rx.await;
+        }
+        self.uploader.wait_empty(timeout).await
+    }
+
+    /// Stops taking records, writes and seals what is queued, and waits up to `timeout` for
+    /// the uploads. Returns whether the spool emptied; what remains is uploaded at next open.
+    pub async fn close(&self, timeout: Duration) -> bool {
+        let emptied = self.flush(timeout).await;
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+        self.uploader.stop();
+        emptied
+    }
+}
+
+impl Drop for AuditLog {
+    /// The writer ends after what is queued (its channel closes); the uploader stops.
+    fn drop(&mut self) {
+        self.uploader.stop();
+    }
+}
+
+/// Seals the `.open` segments a stopped run left (cut to their last whole line: a torn line
+/// was never acknowledged) and returns the bytes the spool holds.
+fn recover(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(OPEN) => {
+                let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                if whole == 0 {
+                    std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                    continue;
+                }
+                if whole < bytes.len() {
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(|e| Error::io(&path, e))?;
+                    file.set_len(whole as u64)
+                        .map_err(|e| Error::io(&path, e))?;
+                    file.sync_all().map_err(|e| Error::io(&path, e))?;
+                }
+                let sealed = path.with_extension(SEALED);
+                std::fs::rename(&path, &sealed).map_err(|e| Error::io(&path, e))?;
+                total += whole as u64;
+            }
+            Some(SEALED) => {
+                total += std::fs::metadata(&path)
+                    .map_err(|e| Error::io(&path, e))?
+                    .len();
+            }
+            _ => {}
+        }
+    }
+    Ok(total)
+}
+
+struct Segment {
+    file: File,
+    path: PathBuf,
+    bytes: u64,
+    records: u64,
+    opened: Instant,
+    /// Whether bytes were written since the last fsync.
+    dirty: bool,
+}
+
+struct Writer {
+    config: AuditConfig,
+    counters: Arc<Counters>,
+    open: HashMap<Partition, Segment>,
+    /// The last segment number used: microseconds since the epoch, kept increasing.
+    last_segment: u64,
+    uploader: Uploader,
+}
+
+/// Records written together at most (the rest waits for the next round).
+const BATCH: usize = 4096;
+
+impl Writer {
+    fn run(mut self, jobs: Receiver<Job>) {
+        let tick = self.config.segment_max_age.min(Duration::from_secs(1));
+        loop {
+            let first = match jobs.recv_timeout(tick) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.seal_old();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+            self.seal_old();
+        }
+        self.seal_all();
+    }
+
+    /// Writes a batch: one `write` per touched segment, one fsync per segment if any record
+    /// asked for it, then the answers.
+    fn commit(&mut self, batch: Vec<Job>) {
+        let mut lines: HashMap<Partition, (Vec<u8>, u64)> = HashMap::new();
+        let mut waiters: Vec<(Partition, Durability, oneshot::Sender<Result<()>>)> = Vec::new();
+        let mut seal_requests = Vec::new();
+        for job in batch {
+            match job {
+                Job::Record {
+                    record,
+                    durability,
+                    done,
+                } => {
+                    let partition = record.partition();
+                    let entry = lines.entry(partition.clone()).or_default();
+                    if serde_json::to_writer(&mut entry.0, &*record).is_ok() {
+                        entry.0.push(b'\n');
+                        entry.1 += 1;
+                    }
+                    if let Some(done) = done {
+                        waiters.push((partition, durability, done));
+                    }
+                }
+                Job::SealAll(done) => seal_requests.push(done),
+            }
+        }
+        let mut failed: HashMap<Partition, String> = HashMap::new();
+        for (partition, (bytes, records)) in lines {
+            if let Err(e) = self.append(&partition, &bytes, records) {
+                tracing::error!("audit records lost from the spool: {e}");
+                failed.insert(partition, e.to_string());
+            }
+        }
+        let wants_sync: Vec<Partition> = waiters
+            .iter()
+            .filter(|(_, d, _)| *d == Durability::Fsync)
+            .map(|(p, _, _)| p.clone())
+            .collect();
+        for partition in wants_sync {
+            if let Some(segment) = self.open.get_mut(&partition)
+                && segment.dirty
+            {
+                match segment.file.sync_data() {
+                    Ok(()) => segment.dirty = false,
+                    Err(e) => {
+                        failed.insert(partition, format!("fsync: {e}"));
+                    }
+                }
+            }
+        }
+        for (partition, _, done) in waiters {
+            let result = match failed.get(&partition) {
+                Some(message) => Err(Error::io(
+                    &self.config.spool_dir,
+                    std::io::Error::other(message.clone()),
+                )),
+                None => Ok(()),
+            };
+            let _ = done.send(result);
+        }
+        if !seal_requests.is_empty() {
+            self.seal_all();
+            for done in seal_requests {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn append(&mut self, partition: &Partition, bytes: &[u8], records: u64) -> Result<()> {
+        if !self.open.contains_key(partition) {
+            let segment = self.create(partition)?;
+            self.open.insert(partition.clone(), segment);
+        }
+        let Some(segment) = self.open.get_mut(partition) else {
+            return Ok(());
+        };
+        segment
+            .file
+            .write_all(bytes)
+            .map_err(|e| Error::io(&segment.path, e))?;
+        segment.bytes += bytes.len() as u64;
+        segment.records += records;
+        segment.dirty = true;
+        self.counters
+            .spool_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.counters.written.fetch_add(records, Ordering::Relaxed);
+        if segment.bytes >= self.config.segment_max_bytes {
+            self.seal(partition);
+        }
+        Ok(())
+    }
+
+    fn create(&mut self, partition: &Partition) -> Result<Segment> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        self.last_segment = now.max(self.last_segment + 1);
+        let name = format!("{}-{:016}", self.config.node_id, self.last_segment);
+        let path = self
+            .config
+            .spool_dir
+            .join(format!("{}.{OPEN}", partition.spool_name(&name)));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Segment {
+            file,
+            path,
+            bytes: 0,
+            records: 0,
+            opened: Instant::now(),
+            dirty: false,
+        })
+    }
+
+    fn seal_old(&mut self) {
+        let max_age = self.config.segment_max_age;
+        let old: Vec<Partition> = self
+            .open
+            .iter()
+            .filter(|(_, s)| s.opened.elapsed() >= max_age)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for partition in old {
+            self.seal(&partition);
+        }
+    }
+
+    fn seal_all(&mut self) {
+        let all: Vec<Partition> = self.open.keys().cloned().collect();
+        for partition in all {
+            self.seal(&partition);
+        }
+    }
+
+    /// Closes a segment and renames it sealed, so the uploader takes it.
+    fn seal(&mut self, partition: &Partition) {
+        let Some(segment) = self.open.remove(partition) else {
+            return;
+        };
+        // Sealed segments are fsynced whatever the durability: the uploader may delete the
+        // source of truth only after a complete copy exists somewhere.
+        if let Err(e) = segment.file.sync_all() {
+            tracing::warn!("cannot fsync {}: {e}", segment.path.display());
+        }
+        drop(segment.file);
+        let sealed = segment.path.with_extension(SEALED);
+        match std::fs::rename(&segment.path, &sealed) {
+            Ok(()) => self.uploader.wake(),
+            Err(e) => tracing::error!(
+                "cannot seal {} ({} records): {e}; it is sealed at the next start",
+                segment.path.display(),
+                segment.records
+            ),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The uploader: copies sealed segments to the store, oldest first, and deletes each only once
+//! its upload succeeded. A store that fails is retried with a growing pause (100 ms to 5 s);
+//! the spool keeps growing meanwhile and drains when the store is back.
+
+use crate::record::Partition;
+use crate::spool::{Counters, SEALED};
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const LONGEST_PAUSE: Duration = Duration::from_secs(5);
+/// Sealed segments are looked for at least this often, even without a wake-up.
+const RESCAN: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub(crate) struct Uploader {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    wake: Notify,
+    stop: AtomicBool,
+    counters: Arc<Counters>,
+}
+
+impl Uploader {
+    /// Starts the upload task on the current tokio runtime.
+    pub(crate) fn start(
+        dir: PathBuf,
+        store: Arc<dyn ObjectStore>,
+        counters: Arc<Counters>,
+    ) -> Uploader {
+        let shared = Arc::new(Shared {
+            wake: Notify::new(),
+            stop: AtomicBool::new(false),
+            counters,
+        });
+        tokio::spawn(run(dir, store, shared.clone()));
+        Uploader { shared }
+    }
+
+    /// A segment was sealed: look now rather than at the next rescan.
+    pub(crate) fn wake(&self) {
+        self.shared.wake.notify_one();
+    }
+
+    /// Waits until the spool holds nothing, or `timeout`; returns whether it emptied.
+    pub(crate) async fn wait_empty(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.shared.counters.spool_bytes.load(Ordering::Relaxed) == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            self.wake();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub(crate) fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.wake();
+    }
+}
+
+async fn run(dir: PathBuf, store: Arc<dyn ObjectStore>, shared: Arc<Shared>) {
+    let mut pause = FIRST_PAUSE;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let sealed = sealed_segments(&dir);
+        let mut failed = false;
+        for path in &sealed {
+            if shared.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match upload(&store, path, &shared.counters).await {
+                Ok(()) => pause = FIRST_PAUSE,
+                Err(e) => {
+                    shared
+                        .counters
+                        .upload_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "audit log upload of {} failed (retrying in {} ms): {e}",
+                        path.display(),
+                        pause.as_millis()
+                    );
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LONGEST_PAUSE);
+        } else {
+            let _ = tokio::time::timeout(RESCAN, shared.wake.notified()).await;
+        }
+    }
+}
+
+/// Sealed segment files, oldest segment first (their names end with an increasing number).
+fn sealed_segments(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut sealed: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == SEALED))
+        .collect();
+    sealed.sort_by_cached_key(|p| segment_of(p));
+    sealed
+}
+
+fn segment_of(path: &Path) -> String {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.rsplit('~').next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn upload(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    counters: &Counters,
+) -> Result<(), String> {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or("a spool file name that is not UTF-8")?;
+    let (partition, segment) = Partition::from_spool_name(stem)
+        .ok_or_else(|| format!("`{stem}` is not an audit segment name"))?;
+    let location = StorePath::parse(format!("{}/{segment}.jsonl", partition.folder()))
+        .map_err(|e| format!("invalid store path: {e}"))?;
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    let (size, records) = (
+        bytes.len() as u64,
+        bytes.iter().filter(|&&b| b == b'\n').count() as u64,
+    );
+    store
+        .put(&location, bytes.into())
+        .await
+        .map_err(|e| format!("cannot put {location}: {e}"))?;
+    // Deleted only now: a crash before this line uploads the same object again, under the
+    // same name, which leaves the store as it is.
+    tokio::fs::remove_file(path)
+        .await
+        .map_err(|e| format!("uploaded, but cannot remove it from the spool: {e}"))?;
+    counters.spool_bytes.fetch_sub(size, Ordering::Relaxed);
+    counters.uploaded.fetch_add(records, Ordering::Relaxed);
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! The audit log through its public API, on a real file-system store: the layout, the
+//! durability levels, recovery of a spool a stopped run left, a store that is down then back,
+//! and the spool cap's policies.
+
+use apinode_audit::{AuditConfig, AuditLog, AuditRecord, Durability, Error, FullPolicy, Stream};
+use chrono::{TimeZone, Utc};
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn record(service: &str, id: usize, hour: u32) -> AuditRecord {
+    let time = Utc.with_ymd_and_hms(2026, 12, 5, hour, 15, 0).unwrap();
+    let mut record = AuditRecord::new(Stream::Queries, time, format!("req-{id}"), service, 200);
+    record.endpoint = Some("churn".into());
+    record.inputs = Some(serde_json::json!({"features": {"n": id}}));
+    record
+}
+
+fn store(root: &Path) -> Arc<dyn ObjectStore> {
+    std::fs::create_dir_all(root).unwrap();
+    Arc::new(LocalFileSystem::new_with_prefix(root).unwrap())
+}
+
+/// Every JSON line under `root`, with the file's path relative to `root`.
+fn stored(root: &Path) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    for path in walk(root) {
+        let relative = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            out.push((relative.clone(), serde_json::from_str(line).unwrap()));
+        }
+    }
+    out
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn config(spool: &Path) -> AuditConfig {
+    let mut config = AuditConfig::new(spool, "node1");
+    config.segment_max_age = Duration::from_millis(200);
+    config
+}
+
+#[tokio::test]
+async fn records_reach_the_store_partitioned_by_service_and_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let log = AuditLog::open(config(&dir.path().join("spool")), store(&root))
+        .await
+        .unwrap();
+    for i in 0..100 {
+        let service = if i % 2 == 0 { "churn" } else { "fraud" };
+        log.log(record(service, i, 7 + (i % 3) as u32), Durability::Write)
+            .await
+            .unwrap();
+    }
+    let mut auth = AuditRecord::new(Stream::Auth, Utc::now(), "req-x", "churn", 401);
+    auth.error_message = Some("invalid API key".into());
+    log.log(auth, Durability::Fsync).await.unwrap();
+    assert!(
+        log.close(Duration::from_secs(10)).await,
+        "the spool emptied"
+    );
+
+    let lines = stored(&root);
+    assert_eq!(lines.len(), 101, "every record, once");
+    let mut ids: Vec<&str> = lines
+        .iter()
+        .filter_map(|(_, v)| v["request_id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 101);
+    for (path, value) in &lines {
+        if value["status"] == 401 {
+            assert!(path.starts_with("_auth/date="), "{path}");
+            continue;
+        }
+        let hour = &value["time"].as_str().unwrap()[11..13];
+        let expected = format!(
+            "service={}/date=2026-12-05/hour={hour}/node1-",
+            value["service"].as_str().unwrap()
+        );
+        assert!(path.starts_with(&expected), "{path} vs {expected}");
+        assert!(path.ends_with(".jsonl"), "{path}");
+    }
+    let metrics = log.metrics();
+    assert_eq!((metrics.written, metrics.uploaded), (101, 101));
+    assert_eq!(metrics.spool_bytes, 0);
+}
+
+#[tokio::test]
+async fn a_written_record_is_in_the_spool_before_any_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let mut config = config(&spool);
+    config.segment_max_age = Duration::from_secs(3600);
+    let log = AuditLog::open(config, store(&dir.path().join("store")))
+        .await
+        .unwrap();
+    log.log(record("churn", 1, 9), Durability::Write)
+        .await
+        .unwrap();
+    // Acknowledged: the bytes are in the open segment (a killed process would keep them).
+    let open: Vec<PathBuf> = walk(&spool)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "open"))
+        .collect();
+    assert_eq!(open.len(), 1);
+    assert!(
+        std::fs::read_to_string(&open[0])
+            .unwrap()
+            .contains("\"req-1\"")
+    );
+    // Async: accepted at once, written by the next batch.
+    log.log(record("churn", 2, 9), Durability::Async)
+        .await
+        .unwrap();
+    assert!(log.close(Duration::from_secs(10)).await);
+    assert_eq!(log.metrics().uploaded, 2);
+}
+
+#[tokio::test]
+async fn a_spool_left_by_a_stopped_run_is_recovered_and_uploaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    // What a killed node leaves: an open segment whose last line was being written, and a
+    // sealed one whose upload had not happened.
+    std::fs::write(
+        spool.join("queries~churn~2026-12-05~07~node1-0000000000000001.open"),
+        "{\"request_id\":\"a\"}\n{\"request_id\":\"b\"}\n{\"request_id\":\"tor",
+    )
+    .unwrap();
+    std::fs::write(
+        spool.join("queries~churn~2026-12-05~06~node1-0000000000000000.jsonl"),
+        "{\"request_id\":\"c\"}\n",
+    )
+    .unwrap();
+    let root = dir.path().join("store");
+    let log = AuditLog::open(config(&spool), store(&root)).await.unwrap();
+    assert!(log.close(Duration::from_secs(10)).await);
+    let lines = stored(&root);
+    let ids: Vec<&str> = lines
+        .iter()
+        .map(|(_, v)| v["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{ids:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|(p, _)| p.starts_with("service=churn/date=2026-12-05/hour=06/"))
+    );
+}
+
+#[tokio::test]
+async fn a_store_that_is_down_fills_the_spool_which_drains_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    std::fs::create_dir_all(&root).unwrap();
+    let store = store(&root);
+    // The store is down: its root is replaced by a file, so every put fails.
+    std::fs::remove_dir(&root).unwrap();
+    std::fs::write(&root, "not a directory").unwrap();
+    let log = AuditLog::open(config(&dir.path().join("spool")), store)
+        .await
+        .unwrap();
+    for i in 0..20 {
+        log.log(record("churn", i, 8), Durability::Write)
+            .await
+            .unwrap();
+    }
+    assert!(
+        !log.flush(Duration::from_millis(600)).await,
+        "nothing can upload"
+    );
+    let metrics = log.metrics();
+    assert!(
+        metrics.upload_failures > 0 && metrics.spool_bytes > 0,
+        "{metrics:?}"
+    );
+    assert_eq!(metrics.uploaded, 0);
+    // Back: the spool drains, nothing lost.
+    std::fs::remove_file(&root).unwrap();
+    std::fs::create_dir_all(&root).unwrap();
+    assert!(
+        log.close(Duration::from_secs(15)).await,
+        "{:?}",
+        log.metrics()
+    );
+    assert_eq!(stored(&root).len(), 20);
+}
+
+#[tokio::test]
+async fn the_spool_cap_rejects_or_drops() {
+    for policy in [FullPolicy::Reject, FullPolicy::Drop] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        std::fs::create_dir_all(&root).unwrap();
+        let store = store(&root);
+        std::fs::remove_dir(&root).unwrap();
+        std::fs::write(&root, "down").unwrap();
+        let mut config = config(&dir.path().join("spool"));
+        config.spool_cap_bytes = 1_000;
+        config.on_full = policy;
+        let log = AuditLog::open(config, store).await.unwrap();
+        let mut refused = 0;
+        for i in 0..50 {
+            match log.log(record("churn", i, 8), Durability::Write).await {
+                Ok(()) => {}
+                Err(Error::SpoolFull { cap, .. }) => {
+                    assert_eq!(cap, 1_000);
+                    refused += 1;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+        let metrics = log.metrics();
+        match policy {
+            FullPolicy::Reject => {
+                assert!(refused > 0 && metrics.rejected == refused, "{metrics:?}");
+                assert_eq!(metrics.dropped, 0);
+            }
+            FullPolicy::Drop => {
+                assert_eq!(refused, 0);
+                assert!(metrics.dropped > 0, "{metrics:?}");
+            }
+        }
+        assert_eq!(metrics.written + metrics.rejected + metrics.dropped, 50);
+    }
+}
