@@ -30,6 +30,7 @@ const DATAFUSION_ALLOWED: &[&str] = &["apinode-lookup"];
 const PYTHON_REQUIREMENTS: &[&str] = &[
     "crates/apinode-server/tests/python/requirements.txt",
     "crates/apinode-scoring/tests/python/requirements.txt",
+    "crates/apinode-audit/tests/python/requirements.txt",
 ];
 const PYTHON_TESTS: &str = "crates/apinode-server/tests/python";
 /// Writes model exports and dataiku-scoring's predictions on them for the differential test.
@@ -188,7 +189,9 @@ fn ci(root: &Path) -> anyhow::Result<()> {
     step("rust tests", || {
         run(cargo()
             .args(["test", "--workspace", "--locked"])
-            .env("APINODE_SCORING_CASES", &cases))
+            .env("APINODE_SCORING_CASES", &cases)
+            // The audit log's S3 tests start moto (an S3-compatible server) with it.
+            .env("APINODE_PYTHON", &python))
     })?;
     // Each benchmark once, on a small table, so they never rot (figures come from `bench`);
     // the scoring one also runs its Python timing script briefly.

@@ -17,6 +17,10 @@ pub enum Error {
          down or too slow"
     )]
     SpoolFull { used: u64, cap: u64 },
+    /// The store's URL or settings are unusable (a scheme other than a path, `file://` or
+    /// `s3://`, a bucket missing, credentials the builder rejects).
+    #[error("cannot use the log store `{url}`: {message}")]
+    Store { url: String, message: String },
     /// The log is closed (the node is shutting down).
     #[error("the audit log is closed")]
     Closed,

@@ -23,8 +23,10 @@
 mod error;
 mod record;
 mod spool;
+mod store;
 mod upload;
 
 pub use error::{Error, Result};
 pub use record::{AuditRecord, Stream};
 pub use spool::{AuditConfig, AuditLog, AuditMetrics, Durability, FullPolicy, Logged};
+pub use store::open_store;

@@ -2,7 +2,9 @@
 //! durability levels, recovery of a spool a stopped run left, a store that is down then back,
 //! and the spool cap's policies.
 
-use apinode_audit::{AuditConfig, AuditLog, AuditRecord, Durability, Error, FullPolicy, Stream};
+use apinode_audit::{
+    AuditConfig, AuditLog, AuditRecord, Durability, Error, FullPolicy, Stream, open_store,
+};
 use chrono::{TimeZone, Utc};
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
@@ -245,4 +247,155 @@ async fn the_spool_cap_rejects_or_drops() {
         }
         assert_eq!(metrics.written + metrics.rejected + metrics.dropped, 50);
     }
+}
+
+/// moto (an S3-compatible server, from PyPI) on a free loopback port, with a bucket `audit`;
+/// killed when dropped.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start(port: u16) -> Moto {
+        let python = std::env::var_os("APINODE_PYTHON").expect(
+            "APINODE_PYTHON is not set: `cargo xtask ci` sets it to the virtualenv's python, \
+             which has moto[server] (crates/apinode-audit/tests/python/requirements.txt)",
+        );
+        let child = std::process::Command::new(&python)
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto starts");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // Ready when it creates the bucket (connecting alone can precede the app).
+        loop {
+            let created = std::process::Command::new(&python)
+                .args([
+                    "-c",
+                    &format!(
+                        "import boto3; boto3.client('s3', endpoint_url='{endpoint}', \
+                         aws_access_key_id='test', aws_secret_access_key='test', \
+                         region_name='us-east-1').create_bucket(Bucket='audit')"
+                    ),
+                ])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if created {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto did not start within 60 s"
+            );
+        }
+        Moto { child, endpoint }
+    }
+
+    fn options(&self) -> Vec<(String, String)> {
+        [
+            ("aws_endpoint", self.endpoint.as_str()),
+            ("aws_allow_http", "true"),
+            ("aws_region", "us-east-1"),
+            ("aws_access_key_id", "test"),
+            ("aws_secret_access_key", "test"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Every object name in the store, walking its folders.
+async fn listed(store: &Arc<dyn ObjectStore>) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut folders = vec![None];
+    while let Some(folder) = folders.pop() {
+        let listing = store
+            .list_with_delimiter(folder.as_ref())
+            .await
+            .expect("listing works");
+        names.extend(listing.objects.into_iter().map(|o| o.location.to_string()));
+        folders.extend(listing.common_prefixes.into_iter().map(Some));
+    }
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn records_reach_s3_and_survive_its_outage() {
+    let port = free_port();
+    let moto = Moto::start(port);
+    let store = open_store("s3://audit/logs", &moto.options()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(config(&dir.path().join("spool")), store.clone())
+        .await
+        .unwrap();
+    for i in 0..10 {
+        log.log(record("churn", i, 7), Durability::Write)
+            .await
+            .unwrap();
+    }
+    assert!(
+        log.flush(Duration::from_secs(20)).await,
+        "{:?}",
+        log.metrics()
+    );
+    let names = listed(&store).await;
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(
+        names[0].starts_with("service=churn/date=2026-12-05/hour=07/node1-"),
+        "{names:?}"
+    );
+
+    // The server goes away: records wait in the spool.
+    drop(moto);
+    for i in 10..20 {
+        log.log(record("churn", i, 8), Durability::Write)
+            .await
+            .unwrap();
+    }
+    assert!(!log.flush(Duration::from_millis(800)).await);
+    // (The S3 client retries a failed put itself, so the attempt may still be running.)
+    let waiting = log.metrics();
+    assert!(
+        waiting.spool_bytes > 0 && waiting.uploaded == 10,
+        "{waiting:?}"
+    );
+    // Back (moto keeps nothing: the bucket is created again), the spool drains.
+    let _moto = Moto::start(port);
+    assert!(
+        log.close(Duration::from_secs(30)).await,
+        "{:?}",
+        log.metrics()
+    );
+    let names = listed(&store).await;
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(names[0].contains("hour=08"), "{names:?}");
+    assert_eq!(log.metrics().uploaded, 20);
 }

@@ -1,0 +1,61 @@
+//! Where the logs go: a local directory, or S3 (and S3-compatible servers).
+
+use crate::error::{Error, Result};
+use object_store::ObjectStore;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as StorePath;
+use object_store::prefix::PrefixStore;
+use std::sync::Arc;
+
+/// Opens the log store named by `url`:
+/// - a path, or `file:///abs/path`: a local directory (created if absent);
+/// - `s3://bucket` or `s3://bucket/prefix`: S3, with credentials, region and endpoint from the
+///   environment as the AWS tools read them (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+///   `AWS_REGION`, `AWS_ENDPOINT` for an S3-compatible server, `AWS_ALLOW_HTTP=true` for one
+///   on plain HTTP), then `options` (object_store's keys: `aws_endpoint`, `aws_region`,
+///   `aws_allow_http`, `aws_access_key_id`, ...), which win.
+pub fn open_store(url: &str, options: &[(String, String)]) -> Result<Arc<dyn ObjectStore>> {
+    let bad = |message: String| Error::Store {
+        url: url.to_owned(),
+        message,
+    };
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad(
+                "no bucket: use s3://bucket or s3://bucket/prefix".into()
+            ));
+        }
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        for (key, value) in options {
+            let key: AmazonS3ConfigKey = key
+                .parse()
+                .map_err(|e| bad(format!("option `{key}`: {e}")))?;
+            builder = builder.with_config(key, value);
+        }
+        let store = builder.build().map_err(|e| bad(e.to_string()))?;
+        return Ok(with_prefix(Arc::new(store), prefix));
+    }
+    if !options.is_empty() {
+        return Err(bad("store options apply to s3:// stores only".into()));
+    }
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    if path.contains("://") {
+        return Err(bad(
+            "unknown scheme: use a directory path, file:///path or s3://bucket/prefix".into(),
+        ));
+    }
+    std::fs::create_dir_all(path).map_err(|e| bad(format!("cannot create the directory: {e}")))?;
+    let store = LocalFileSystem::new_with_prefix(path).map_err(|e| bad(e.to_string()))?;
+    Ok(Arc::new(store))
+}
+
+fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore> {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        store
+    } else {
+        Arc::new(PrefixStore::new(store, StorePath::from(prefix)))
+    }
+}
