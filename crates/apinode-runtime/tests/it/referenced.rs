@@ -302,3 +302,162 @@ fn an_undeclared_connection_refuses_the_generation_naming_it() {
     let err = Runtime::open(config).unwrap_err().to_string();
     assert!(err.contains("`nowhere`"), "{err}");
 }
+
+/// A TCP proxy to the test database that can stop (closing every connection and refusing new
+/// ones) and start again on the same port: an outage and a recovery.
+struct Proxy {
+    runtime: tokio::runtime::Runtime,
+    port: u16,
+    upstream: String,
+    accepting: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn new(upstream: String) -> Proxy {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let port = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut proxy = Proxy {
+            runtime,
+            port,
+            upstream,
+            accepting: None,
+        };
+        proxy.start();
+        proxy
+    }
+
+    fn start(&mut self) {
+        let listener = self
+            .runtime
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", self.port)))
+            .unwrap();
+        let upstream = self.upstream.clone();
+        self.accepting = Some(self.runtime.spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Closes every proxied connection and the listener.
+    fn stop(&mut self) {
+        if let Some(accepting) = self.accepting.take() {
+            accepting.abort();
+            let _ = self.runtime.block_on(accepting);
+        }
+    }
+}
+
+/// `host:port` of a `postgres://[user@]host[:port]/db` URL, and the URL with another one.
+fn split_url(url: &str) -> (String, impl Fn(&str) -> String + use<>) {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[scheme_end..];
+    let at = rest.rfind('@').map_or(0, |i| i + 1);
+    let end = rest[at..].find(['/', '?']).map_or(rest.len(), |i| at + i);
+    let host_port = &rest[at..end];
+    let address = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5432")
+    };
+    let (before, after) = (
+        url[..scheme_end + at].to_owned(),
+        url[scheme_end + end..].to_owned(),
+    );
+    (address, move |with: &str| format!("{before}{with}{after}"))
+}
+
+#[test]
+fn a_database_outage_answers_unavailable_and_recovers_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = unique_table("outage_it");
+    let bundled = build(dir.path(), "bundled", r#"path = "data/customers.csv""#);
+    sync_from_bundle(&bundled, &table);
+    let referenced = build(dir.path(), "referenced", &format!("table = \"{table}\""));
+
+    let (upstream, with_address) = split_url(&pg_url());
+    let mut proxy = Proxy::new(upstream);
+    let mut config = RuntimeConfig::new(dir.path().join("data"));
+    let mut pg = PgConfig::new(with_address(&format!("127.0.0.1:{}", proxy.port)));
+    pg.statement_timeout = std::time::Duration::from_secs(2);
+    config
+        .connections
+        .insert("api-node-referenced-data".into(), pg);
+    let runtime = Runtime::open(config).unwrap();
+    for (service, archive) in [("bundled", &bundled), ("referenced", &referenced)] {
+        runtime.create_service(service, "admin").unwrap();
+        runtime
+            .import_generation_from_file(service, archive, "admin")
+            .unwrap();
+        runtime.switch_to_newest(service, "admin").unwrap();
+    }
+    let query = |service: &str| {
+        answer(
+            &runtime,
+            service,
+            "by-id",
+            Action::Lookup,
+            json!({"data": {"customer": 2}}),
+        )
+    };
+    let expected = query("bundled");
+    assert!(expected.contains("\"id\":2"), "{expected}");
+    assert_eq!(query("referenced"), expected);
+
+    proxy.stop();
+    for _ in 0..3 {
+        let down = query("referenced");
+        assert!(
+            down.starts_with("error: connection `api-node-referenced-data` is unavailable"),
+            "{down}"
+        );
+        // Everything else keeps serving.
+        assert_eq!(query("bundled"), expected);
+    }
+    // The error is the lookup's `Unavailable` (the server answers it 503).
+    let body = json!({"data": {"customer": 2}});
+    let request = CallRequest {
+        service: "referenced",
+        endpoint: "by-id",
+        action: Action::Lookup,
+        body: &body,
+        dispatch: Dispatch::default(),
+        credentials: Credentials::None,
+    };
+    let Output::Pending(pending) = runtime.call(&request).unwrap().output else {
+        panic!("a referenced lookup answers later");
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = rt.block_on(pending.finish()).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Lookup {
+                item: None,
+                source: apinode_lookup::Error::Unavailable { connection, .. }
+            } if connection == "api-node-referenced-data"
+        ),
+        "{err:?}"
+    );
+
+    proxy.start();
+    assert_eq!(query("referenced"), expected);
+}
