@@ -186,10 +186,12 @@ fn ci(root: &Path) -> anyhow::Result<()> {
     let bench_models = step("scoring bench models", || {
         scoring_bench_models(root, &python)
     })?;
+    let pg_url = step("postgresql for referenced data", postgres_url)?;
     step("rust tests", || {
         run(cargo()
             .args(["test", "--workspace", "--locked"])
             .env("APINODE_SCORING_CASES", &cases)
+            .env("APINODE_TEST_PG_URL", &pg_url)
             // The audit log's S3 tests start moto (an S3-compatible server) with it.
             .env("APINODE_PYTHON", &python))
     })?;
@@ -203,7 +205,7 @@ fn ci(root: &Path) -> anyhow::Result<()> {
             .env("APINODE_SCORING_BENCH", &bench_models))
     })?;
     step("python conformance tests", || {
-        python_tests(root, &python, &cases)
+        python_tests(root, &python, &cases, &pg_url)
     })?;
     eprintln!("\nci passed in {:.0}s", start.elapsed().as_secs_f64());
     Ok(())
@@ -396,7 +398,7 @@ fn scoring_bench_models(root: &Path, python: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs pytest against the debug binary (the prediction tests serve the scoring cases).
-fn python_tests(root: &Path, python: &Path, cases: &Path) -> anyhow::Result<()> {
+fn python_tests(root: &Path, python: &Path, cases: &Path, pg_url: &str) -> anyhow::Result<()> {
     let binary = target_dir()?.join("debug/apinode");
     if !binary.exists() {
         bail!(
@@ -409,9 +411,44 @@ fn python_tests(root: &Path, python: &Path, cases: &Path) -> anyhow::Result<()> 
         .arg(root.join(PYTHON_TESTS))
         .env("APINODE_BIN", &binary)
         .env("APINODE_SCORING_CASES", cases)
+        .env("APINODE_TEST_PG_URL", pg_url)
         // The nodes' Python code environments (pandas for predictors), built once per
         // machine like the workers crate's own test environments beside them.
         .env("APINODE_ENVS_DIR", target_dir()?.join("workers-envs")))
+}
+
+/// The PostgreSQL the referenced-data tests use: `APINODE_TEST_PG_URL` when set, else the
+/// server on 127.0.0.1:5432 (database `test`, trust auth). Fails, never skips, when it does
+/// not accept connections.
+fn postgres_url() -> anyhow::Result<String> {
+    const DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
+    let url = std::env::var("APINODE_TEST_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| DEFAULT.to_owned());
+    // host:port of a `postgres://[user@]host[:port]/db` URL.
+    let rest = url.split("://").nth(1).unwrap_or(&url);
+    let host_port = rest.rsplit('@').next().unwrap_or(rest);
+    let host_port = host_port.split(['/', '?']).next().unwrap_or(host_port);
+    let address = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5432")
+    };
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&address)
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| {
+            std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(3)).is_ok()
+        });
+    if !reachable {
+        bail!(
+            "PostgreSQL does not accept connections at {address} ({url}): start it, or point \
+             APINODE_TEST_PG_URL at a database the tests may create tables in"
+        );
+    }
+    eprintln!("referenced-data tests use {url}");
+    Ok(url)
 }
 
 /// The R endpoints' tests need `Rscript` with jsonlite: installs Debian's r-base-core and

@@ -63,6 +63,21 @@ pub enum Error {
     /// No row matches and the endpoint is configured to fail on that.
     #[error("no row of dataset `{dataset}` matches {keys}")]
     NoMatch { dataset: String, keys: String },
+    /// The database behind a connection cannot be reached, is shutting down, or did not
+    /// answer in time: retry later.
+    #[error("connection `{connection}` is unavailable: {message}")]
+    Unavailable { connection: String, message: String },
+    /// The database answered a statement with an error (a table or column that does not
+    /// exist, a type it cannot convert, ...).
+    #[error("connection `{connection}`: {message}")]
+    Database { connection: String, message: String },
+    /// A value cannot be stored (loading a table); `row` is 1-based.
+    #[error("column `{column}` row {row}: {message}")]
+    InvalidValue {
+        column: String,
+        row: u64,
+        message: String,
+    },
     /// Several rows match and the endpoint is configured to fail on that.
     #[error("{count} rows of dataset `{dataset}` match {keys}; at most one was expected")]
     MultipleMatches {

@@ -8,8 +8,13 @@
 //! columns as a JSON object straight into a byte buffer. Programs that hold typed keys rather
 //! than JSON use [`Lookup::find_key`], which skips the JSON reading and conversion.
 //!
+//! Referenced data stays in PostgreSQL: a [`PgConnection`] is a named pool, a
+//! [`ReferencedLookup`] answers the same queries as a [`Lookup`] (same configuration,
+//! behaviours, errors and JSON bytes) in one round trip per query, on this crate's own small
+//! runtime, and a [`TableLoader`] loads record batches into a new table with `COPY`.
+//!
 //! What it is not: it knows nothing about bundles, HTTP or services; the runtime turns a
-//! bundle's lookup sections into [`LookupConfig`]s. It does not run SQL.
+//! bundle's lookup sections into [`LookupConfig`]s and resolves connection names.
 //!
 //! Invariants: tables are immutable once loaded and shared by `Arc`; the index stores row ids
 //! only (keys are compared against the Arrow arrays, never copied); a NULL in a key column
@@ -20,6 +25,7 @@ mod index;
 mod json;
 mod key;
 mod lookup;
+mod pg;
 mod table;
 
 pub use error::{Error, Result};
@@ -27,5 +33,9 @@ pub use key::{KeyType, KeyValue};
 pub use lookup::{
     Enriched, Enrichment, IgnoreReason, KeyColumn, Lookup, LookupAction, LookupConfig, Match,
     OutputColumn,
+};
+pub use pg::{
+    Answer, DEFAULT_CONNECTION, ItemError, PgConfig, PgConnection, ReferencedLookup,
+    ReferencedQuery, TableLoader, Written, pg_type_name, quote_table,
 };
 pub use table::{MAX_ROWS, Table};

@@ -98,7 +98,7 @@ pub enum Match {
 const GATHER_THRESHOLD: usize = 8;
 
 /// A record's key, ready to probe.
-enum Key<'a> {
+pub(crate) enum Key<'a> {
     Values(SmallVec<[KeyValue<'a>; 4]>),
     /// A key that cannot match anything (NaN).
     NeverMatches,
@@ -151,7 +151,7 @@ pub struct Lookup {
     table: Arc<Table>,
     index: KeyIndex,
     keys: Vec<(String, KeyType)>,
-    outputs: Vec<ColumnWriter>,
+    outputs: Outputs,
     config: LookupConfig,
 }
 
@@ -159,21 +159,7 @@ impl Lookup {
     /// Indexes `table` on the configured keys. Fails if a column is unknown or of a type
     /// lookups cannot use, or if the configuration is inconsistent.
     pub fn new(table: Arc<Table>, config: LookupConfig) -> Result<Lookup> {
-        if config.keys.is_empty() {
-            return Err(Error::Config(
-                "a lookup needs at least one key column".into(),
-            ));
-        }
-        for (name, action) in [
-            ("on_missing_key", config.on_missing_key),
-            ("on_no_match", config.on_no_match),
-        ] {
-            if action == LookupAction::First {
-                return Err(Error::Config(format!(
-                    "`{name}` cannot be `first`: there is no row to take"
-                )));
-            }
-        }
+        check_config(&config)?;
         let batch = table.batch();
         let mut key_arrays = Vec::with_capacity(config.keys.len());
         let mut keys = Vec::with_capacity(config.keys.len());
@@ -187,30 +173,12 @@ impl Lookup {
             keys.push((key.input.clone(), key_array.key_type()));
             key_arrays.push(key_array);
         }
-        let columns: Vec<OutputColumn> = if config.columns.is_empty() {
-            table
-                .column_names()
-                .into_iter()
-                .map(|c| OutputColumn {
-                    column: c.to_owned(),
-                    output: c.to_owned(),
-                })
-                .collect()
-        } else {
-            config.columns.clone()
-        };
-        let mut outputs: Vec<ColumnWriter> = Vec::with_capacity(columns.len());
+        let columns = output_columns(&config, table.column_names());
+        let mut arrays = Vec::with_capacity(columns.len());
         for column in &columns {
-            let array = batch.column(table.column_index(&column.column)?);
-            let writer = ColumnWriter::new(table.name(), &column.column, &column.output, array)?;
-            if outputs.iter().any(|w| w.name() == writer.name()) {
-                return Err(Error::Config(format!(
-                    "output column `{}` is named twice",
-                    column.output
-                )));
-            }
-            outputs.push(writer);
+            arrays.push(batch.column(table.column_index(&column.column)?).clone());
         }
+        let outputs = Outputs::new(table.name(), &columns, &arrays)?;
         let index = KeyIndex::build(key_arrays, table.num_rows());
         Ok(Lookup {
             table,
@@ -335,88 +303,232 @@ impl Lookup {
         }
     }
 
-    /// A record's key converted to the key columns' types, or the answer already decided by
-    /// a missing key.
     fn key_of<'a>(&self, data: &'a Map<String, Value>) -> Result<Key<'a>> {
-        let mut values: SmallVec<[KeyValue<'a>; 4]> = SmallVec::new();
-        let mut never_matches = false;
-        for (input, key_type) in &self.keys {
-            match data.get(input) {
-                None | Some(Value::Null) => return self.on_missing_key(input).map(Key::Decided),
-                Some(value) => match convert(input, *key_type, value)? {
-                    Converted::Value(v) => values.push(v),
-                    Converted::NeverMatches => never_matches = true,
-                },
-            }
-        }
-        Ok(if never_matches {
-            Key::NeverMatches
-        } else {
-            Key::Values(values)
-        })
+        key_of(&self.keys, &self.config, data)
     }
 
-    /// Applies the no-match and several-matches behaviours to the rows found.
-    /// `describe` names the key in errors (only called when one is returned).
     fn decide(
         &self,
         describe: impl FnOnce() -> String,
-        mut rows: impl Iterator<Item = usize>,
+        rows: impl Iterator<Item = usize>,
     ) -> Result<Match> {
-        let Some(first) = rows.next() else {
-            return match self.config.on_no_match {
-                LookupAction::Fail => Err(Error::NoMatch {
-                    dataset: self.table.name().to_owned(),
-                    keys: describe(),
-                }),
-                LookupAction::Ignore => Ok(Match::Ignored(IgnoreReason::NoMatch)),
-                LookupAction::Null | LookupAction::First => Ok(Match::Nulls),
-            };
-        };
-        if rows.next().is_none() {
-            return Ok(Match::Row(first));
-        }
-        match self.config.on_multiple_matches {
-            LookupAction::First => Ok(Match::Row(first)),
-            LookupAction::Null => Ok(Match::Nulls),
-            LookupAction::Ignore => Ok(Match::Ignored(IgnoreReason::MultipleMatches)),
-            LookupAction::Fail => Err(Error::MultipleMatches {
-                dataset: self.table.name().to_owned(),
-                keys: describe(),
-                count: 2 + rows.count(),
-            }),
-        }
-    }
-
-    fn on_missing_key(&self, input: &str) -> Result<Match> {
-        match self.config.on_missing_key {
-            LookupAction::Fail => Err(Error::MissingKey {
-                input: input.to_owned(),
-            }),
-            LookupAction::Ignore => Ok(Match::Ignored(IgnoreReason::MissingKey)),
-            LookupAction::Null | LookupAction::First => Ok(Match::Nulls),
-        }
+        decide(&self.config, self.table.name(), describe, rows)
     }
 
     fn describe_keys(&self, data: &Map<String, Value>) -> String {
-        self.keys
-            .iter()
-            .map(|(input, _)| format!("{input}={}", data.get(input).unwrap_or(&Value::Null)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        describe_keys(&self.keys, data)
     }
 
     /// Writes the output columns of `row` as a JSON object; `None` writes every column null.
     pub fn write_row(&self, row: Option<usize>, out: &mut Vec<u8>) {
+        self.outputs.write_row(row, out);
+    }
+
+    /// The output columns of `row` as a JSON object value (for callers that need a tree);
+    /// `None` gives every column null.
+    pub fn row_to_value(&self, row: Option<usize>) -> Value {
+        self.outputs.row_to_value(row)
+    }
+
+    /// Writes the answers of a batch: for each match with data (a row, or nulls) its output
+    /// columns as a JSON object, one after the other in `out`; returns each match's byte range
+    /// (None for an ignored record). Beyond a few records, each output column is first
+    /// gathered with Arrow's `take` kernel, so the reads of all the rows overlap instead of
+    /// waiting row by row (14% faster on 1,000 random rows of a 1M-row table).
+    pub fn write_matches(
+        &self,
+        matches: &[Match],
+        out: &mut Vec<u8>,
+    ) -> Vec<Option<std::ops::Range<usize>>> {
+        self.outputs.write_matches(matches, out)
+    }
+
+    /// Names of the output columns, in output order.
+    pub fn output_names(&self) -> impl Iterator<Item = &str> {
+        self.outputs.names()
+    }
+
+    /// Enriches a record: finds its row (key values are read from `features` under the
+    /// configured input names) and sets each output column as a feature, overriding a feature
+    /// of the same name. With the `null` behaviour the output features are set to null.
+    pub fn enrich(&self, features: &mut Map<String, Value>) -> Result<Enriched> {
+        let row = match self.find(features)? {
+            Match::Row(row) => Some(row),
+            Match::Nulls => None,
+            Match::Ignored(reason) => return Ok(Enriched::Ignored(reason)),
+        };
+        self.outputs.set_features(row, features);
+        Ok(Enriched::Applied)
+    }
+}
+
+/// The output columns to write: the configured ones, or every column of the table (`table_columns`,
+/// in table order) under its own name.
+pub(crate) fn output_columns<'a>(
+    config: &LookupConfig,
+    table_columns: impl IntoIterator<Item = &'a str>,
+) -> Vec<OutputColumn> {
+    if config.columns.is_empty() {
+        table_columns
+            .into_iter()
+            .map(|c| OutputColumn {
+                column: c.to_owned(),
+                output: c.to_owned(),
+            })
+            .collect()
+    } else {
+        config.columns.clone()
+    }
+}
+
+/// A record's key converted to the key columns' types, or the answer already decided by a
+/// missing key. `keys` are (input name, type) per key column.
+pub(crate) fn key_of<'a>(
+    keys: &[(String, KeyType)],
+    config: &LookupConfig,
+    data: &'a Map<String, Value>,
+) -> Result<Key<'a>> {
+    let mut values: SmallVec<[KeyValue<'a>; 4]> = SmallVec::new();
+    let mut never_matches = false;
+    for (input, key_type) in keys {
+        match data.get(input) {
+            None | Some(Value::Null) => return on_missing_key(config, input).map(Key::Decided),
+            Some(value) => match convert(input, *key_type, value)? {
+                Converted::Value(v) => values.push(v),
+                Converted::NeverMatches => never_matches = true,
+            },
+        }
+    }
+    Ok(if never_matches {
+        Key::NeverMatches
+    } else {
+        Key::Values(values)
+    })
+}
+
+/// Applies the no-match and several-matches behaviours to the rows found (in table order).
+/// `describe` names the key in errors (only called when one is returned).
+pub(crate) fn decide(
+    config: &LookupConfig,
+    dataset: &str,
+    describe: impl FnOnce() -> String,
+    mut rows: impl Iterator<Item = usize>,
+) -> Result<Match> {
+    let Some(first) = rows.next() else {
+        return match config.on_no_match {
+            LookupAction::Fail => Err(Error::NoMatch {
+                dataset: dataset.to_owned(),
+                keys: describe(),
+            }),
+            LookupAction::Ignore => Ok(Match::Ignored(IgnoreReason::NoMatch)),
+            LookupAction::Null | LookupAction::First => Ok(Match::Nulls),
+        };
+    };
+    if rows.next().is_none() {
+        return Ok(Match::Row(first));
+    }
+    match config.on_multiple_matches {
+        LookupAction::First => Ok(Match::Row(first)),
+        LookupAction::Null => Ok(Match::Nulls),
+        LookupAction::Ignore => Ok(Match::Ignored(IgnoreReason::MultipleMatches)),
+        LookupAction::Fail => Err(Error::MultipleMatches {
+            dataset: dataset.to_owned(),
+            keys: describe(),
+            count: 2 + rows.count(),
+        }),
+    }
+}
+
+fn on_missing_key(config: &LookupConfig, input: &str) -> Result<Match> {
+    match config.on_missing_key {
+        LookupAction::Fail => Err(Error::MissingKey {
+            input: input.to_owned(),
+        }),
+        LookupAction::Ignore => Ok(Match::Ignored(IgnoreReason::MissingKey)),
+        LookupAction::Null | LookupAction::First => Ok(Match::Nulls),
+    }
+}
+
+/// `input=value, ...` for error messages, with the record's JSON values as sent.
+pub(crate) fn describe_keys(keys: &[(String, KeyType)], data: &Map<String, Value>) -> String {
+    keys.iter()
+        .map(|(input, _)| format!("{input}={}", data.get(input).unwrap_or(&Value::Null)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks the behaviours a configuration asks for: a key column at least, no `first` where
+/// there is no row to take.
+pub(crate) fn check_config(config: &LookupConfig) -> Result<()> {
+    if config.keys.is_empty() {
+        return Err(Error::Config(
+            "a lookup needs at least one key column".into(),
+        ));
+    }
+    for (name, action) in [
+        ("on_missing_key", config.on_missing_key),
+        ("on_no_match", config.on_no_match),
+    ] {
+        if action == LookupAction::First {
+            return Err(Error::Config(format!(
+                "`{name}` cannot be `first`: there is no row to take"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The output columns of a lookup, one JSON writer each over the rows they are read from
+/// (the table's, or the rows a database returned).
+#[derive(Debug)]
+pub(crate) struct Outputs {
+    writers: Vec<ColumnWriter>,
+}
+
+impl Outputs {
+    /// Writers for `columns`, reading `arrays` (one per column, in the same order). Fails on
+    /// a type lookups do not support or an output name used twice.
+    pub(crate) fn new(
+        dataset: &str,
+        columns: &[OutputColumn],
+        arrays: &[arrow_array::ArrayRef],
+    ) -> Result<Outputs> {
+        let mut writers: Vec<ColumnWriter> = Vec::with_capacity(columns.len());
+        for (column, array) in columns.iter().zip(arrays) {
+            let writer = ColumnWriter::new(dataset, &column.column, &column.output, array)?;
+            if writers.iter().any(|w| w.name() == writer.name()) {
+                return Err(Error::Config(format!(
+                    "output column `{}` is named twice",
+                    column.output
+                )));
+            }
+            writers.push(writer);
+        }
+        Ok(Outputs { writers })
+    }
+
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.writers.iter().map(|w| w.name())
+    }
+
+    /// Sets each output column of `row` (None: null) as a feature.
+    pub(crate) fn set_features(&self, row: Option<usize>, features: &mut Map<String, Value>) {
+        for writer in &self.writers {
+            features.insert(writer.name().to_owned(), writer.value(row));
+        }
+    }
+
+    /// Writes the output columns of `row` as a JSON object; `None` writes every column null.
+    pub(crate) fn write_row(&self, row: Option<usize>, out: &mut Vec<u8>) {
         if let Some(row) = row {
             let touched = self
-                .outputs
+                .writers
                 .iter()
                 .fold(0u64, |acc, w| acc.wrapping_add(w.touch(row)));
             std::hint::black_box(touched);
         }
         out.push(b'{');
-        for (i, writer) in self.outputs.iter().enumerate() {
+        for (i, writer) in self.writers.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -427,9 +539,9 @@ impl Lookup {
 
     /// The output columns of `row` as a JSON object value (for callers that need a tree);
     /// `None` gives every column null.
-    pub fn row_to_value(&self, row: Option<usize>) -> Value {
+    pub(crate) fn row_to_value(&self, row: Option<usize>) -> Value {
         Value::Object(
-            self.outputs
+            self.writers
                 .iter()
                 .map(|w| (w.name().to_owned(), w.value(row)))
                 .collect(),
@@ -441,7 +553,7 @@ impl Lookup {
     /// (None for an ignored record). Beyond a few records, each output column is first
     /// gathered with Arrow's `take` kernel, so the reads of all the rows overlap instead of
     /// waiting row by row (14% faster on 1,000 random rows of a 1M-row table).
-    pub fn write_matches(
+    pub(crate) fn write_matches(
         &self,
         matches: &[Match],
         out: &mut Vec<u8>,
@@ -473,7 +585,7 @@ impl Lookup {
             })
             .collect();
         let writers: Vec<ColumnWriter> =
-            self.outputs.iter().map(|w| w.gathered(&indices)).collect();
+            self.writers.iter().map(|w| w.gathered(&indices)).collect();
         let mut gathered = 0;
         for found in matches {
             if matches!(found, Match::Ignored(_)) {
@@ -493,25 +605,5 @@ impl Lookup {
             ranges.push(Some(start..out.len()));
         }
         ranges
-    }
-
-    /// Names of the output columns, in output order.
-    pub fn output_names(&self) -> impl Iterator<Item = &str> {
-        self.outputs.iter().map(|w| w.name())
-    }
-
-    /// Enriches a record: finds its row (key values are read from `features` under the
-    /// configured input names) and sets each output column as a feature, overriding a feature
-    /// of the same name. With the `null` behaviour the output features are set to null.
-    pub fn enrich(&self, features: &mut Map<String, Value>) -> Result<Enriched> {
-        let row = match self.find(features)? {
-            Match::Row(row) => Some(row),
-            Match::Nulls => None,
-            Match::Ignored(reason) => return Ok(Enriched::Ignored(reason)),
-        };
-        for writer in &self.outputs {
-            features.insert(writer.name().to_owned(), writer.value(row));
-        }
-        Ok(Enriched::Applied)
     }
 }

@@ -4,13 +4,15 @@
 
 use crate::error::{Error, Result};
 use crate::metrics::EndpointStats;
+use crate::referenced::{Connections, load_referenced};
 use crate::workers::{WorkerContext, WorkerEndpoint, extract_files, load_worker_endpoint};
 use apinode_bundle::{
     AuthMode, Bundle, DatasetSource, EndpointKind, EndpointSpec, LookupAction as SpecAction,
     LookupSpec, Manifest,
 };
 use apinode_lookup::{
-    Enrichment, KeyColumn, Lookup, LookupAction, LookupConfig, OutputColumn, Table,
+    Enrichment, KeyColumn, Lookup, LookupAction, LookupConfig, OutputColumn, ReferencedLookup,
+    Table,
 };
 use apinode_scoring::{Model, ModelSummary, Task};
 use sha2::{Digest, Sha256};
@@ -47,6 +49,8 @@ pub(crate) struct Endpoint {
 #[derive(Debug)]
 pub(crate) enum Handler {
     Lookup(Lookup),
+    /// A lookup on a referenced dataset (PostgreSQL): answered asynchronously.
+    Referenced(Arc<ReferencedLookup>),
     Predict(PredictEndpoint),
     Worker(WorkerEndpoint),
 }
@@ -66,6 +70,7 @@ impl Handler {
     fn lookups(&self) -> &[Lookup] {
         match self {
             Handler::Lookup(lookup) => std::slice::from_ref(lookup),
+            Handler::Referenced(_) => &[],
             Handler::Predict(predict) => predict.enrichment.steps(),
             Handler::Worker(worker) => worker.enrichment.steps(),
         }
@@ -74,8 +79,13 @@ impl Handler {
 
 impl LoadedGeneration {
     /// Loads every endpoint; Python and R endpoints start their worker pools, reading the
-    /// generation's files from `workers.files_dir` (written here).
-    pub(crate) fn load(bundle: &Bundle, workers: &WorkerContext<'_>) -> Result<LoadedGeneration> {
+    /// generation's files from `workers.files_dir` (written here); referenced datasets are
+    /// reached through the node's `connections`.
+    pub(crate) fn load(
+        bundle: &Bundle,
+        workers: &WorkerContext<'_>,
+        connections: &Connections,
+    ) -> Result<LoadedGeneration> {
         let manifest = bundle.manifest().clone();
         let generation = manifest.version.clone();
         let unservable = |message: String| Error::Unservable {
@@ -110,11 +120,30 @@ impl LoadedGeneration {
                     let lookup_spec = spec.lookup.as_ref().ok_or_else(|| {
                         unservable(format!("endpoint `{}` has no `lookup` section", spec.id))
                     })?;
-                    let table = table_for(bundle, &mut tables, &lookup_spec.dataset)
-                        .map_err(|m| unservable(format!("endpoint `{}`: {m}", spec.id)))?;
-                    let lookup = Lookup::new(table, lookup_config(lookup_spec))
-                        .map_err(|e| unservable(format!("endpoint `{}`: {e}", spec.id)))?;
-                    Handler::Lookup(lookup)
+                    let in_endpoint =
+                        |m: String| unservable(format!("endpoint `{}`: {m}", spec.id));
+                    let dataset = &lookup_spec.dataset;
+                    match bundle.manifest().dataset(dataset).map(|d| &d.source) {
+                        Some(DatasetSource::Referenced { connection, table }) => {
+                            Handler::Referenced(
+                                load_referenced(
+                                    connections,
+                                    dataset,
+                                    connection,
+                                    table,
+                                    lookup_config(lookup_spec),
+                                )
+                                .map_err(in_endpoint)?,
+                            )
+                        }
+                        _ => {
+                            let table =
+                                table_for(bundle, &mut tables, dataset).map_err(in_endpoint)?;
+                            let lookup = Lookup::new(table, lookup_config(lookup_spec))
+                                .map_err(|e| in_endpoint(e.to_string()))?;
+                            Handler::Lookup(lookup)
+                        }
+                    }
                 }
                 EndpointKind::Prediction | EndpointKind::Clustering => {
                     Handler::Predict(load_predict(bundle, &mut tables, spec).map_err(unservable)?)
@@ -301,7 +330,7 @@ fn table_for(
     if let DatasetSource::Referenced { connection, table } = &entry.source {
         return Err(format!(
             "dataset `{dataset}` is referenced (table `{table}` on connection `{connection}`); \
-             this node serves bundled datasets only for now"
+             enrichment steps read bundled datasets only for now"
         ));
     }
     let bytes = bundle.dataset_parquet(dataset).map_err(|e| e.to_string())?;
@@ -449,6 +478,13 @@ pub fn memory_report(bundle: &Bundle) -> Result<MemoryReport> {
                     .map(|(i, l)| (format!("{}/enrich[{i}]", endpoint.id), l)),
             );
         for (name, spec) in lookups {
+            if matches!(
+                bundle.manifest().dataset(&spec.dataset).map(|d| &d.source),
+                Some(DatasetSource::Referenced { .. })
+            ) {
+                // Held by the database, not the node.
+                continue;
+            }
             let known = tables.contains_key(&spec.dataset);
             let table = table_for(bundle, &mut tables, &spec.dataset)
                 .map_err(|m| unservable(format!("{name}: {m}")))?;

@@ -20,6 +20,7 @@ mod error;
 mod generation;
 mod metrics;
 mod prediction;
+mod referenced;
 mod runtime;
 mod state;
 mod workers;
@@ -29,6 +30,7 @@ pub use error::{Error, Result};
 pub use generation::{Credentials, MemoryReport, SERVED_KINDS, memory_report, model_reports};
 pub use metrics::{EndpointMetrics, Metrics, ServiceMetrics};
 pub use prediction::{PredictOutput, ignore_reason_code, write_result as write_prediction_result};
+pub use referenced::{PendingOutput, Resolved};
 pub use runtime::{
     Action, CallRequest, CallResponse, Dispatch, GenerationInfo, GenerationsView, LookupItem,
     LookupOutput, Output, Runtime, RuntimeConfig, ServiceSummary,

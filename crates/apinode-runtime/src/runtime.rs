@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 use crate::generation::{Credentials, Handler, LoadedGeneration};
 use crate::metrics::{EndpointMetrics, Metrics, ServiceMetrics};
 use crate::prediction::{PredictOutput, features_of, refuse_explanations};
+use crate::referenced::{Connections, PendingOutput};
 use crate::state::{self, GenerationRecord, Mapping, NodeState, ServiceState};
 use crate::workers::{WorkerCall, WorkerContext, WorkerHost};
 use apinode_bundle::{Bundle, EndpointKind, Limits};
@@ -30,6 +31,10 @@ pub struct RuntimeConfig {
     pub python: PathBuf,
     /// The `Rscript` that runs R endpoints.
     pub rscript: PathBuf,
+    /// The node's PostgreSQL connections, by name, for referenced datasets.
+    pub connections: BTreeMap<String, apinode_lookup::PgConfig>,
+    /// A bundle's connection name → the node's (names not listed are used as they are).
+    pub connection_remap: BTreeMap<String, String>,
 }
 
 impl RuntimeConfig {
@@ -40,6 +45,8 @@ impl RuntimeConfig {
             envs_dir: None,
             python: PathBuf::from("python3"),
             rscript: PathBuf::from("Rscript"),
+            connections: BTreeMap::new(),
+            connection_remap: BTreeMap::new(),
         }
     }
 }
@@ -118,6 +125,9 @@ pub enum Output {
     /// A Python or R endpoint's call, handed to its workers: await [`WorkerCall::finish`].
     /// Its metrics are recorded when it finishes.
     Worker(WorkerCall),
+    /// An answer that needs I/O (a lookup on a referenced dataset): await
+    /// [`PendingOutput::finish`]. Its metrics are recorded when it finishes.
+    Pending(PendingOutput),
 }
 
 /// Lookup results: one item per queried record; matched rows are JSON objects written into
@@ -199,6 +209,8 @@ pub struct Runtime {
     state: Mutex<NodeState>,
     services: ArcSwap<HashMap<String, Arc<ServiceHandle>>>,
     started: Instant,
+    /// PostgreSQL connections for referenced datasets.
+    connections: Connections,
     /// Python and R workers; last, so pools end before their runtime.
     workers: WorkerHost,
 }
@@ -214,12 +226,14 @@ impl Runtime {
             config.python,
             config.rscript,
         );
+        let connections = Connections::new(&config.connections, &config.connection_remap)?;
         let node_state = state::load(&data_dir)?;
         let mut services = HashMap::new();
         for (service_id, service_state) in &node_state.services {
             let mut loaded = HashMap::new();
             for record in &service_state.generations {
-                match load_archive(&data_dir, &config.limits, &workers, service_id, record) {
+                let loading = (&workers, &connections);
+                match load_archive(&data_dir, &config.limits, loading, service_id, record) {
                     Ok(generation) => {
                         loaded.insert(record.id.clone(), Arc::new(generation));
                     }
@@ -242,6 +256,7 @@ impl Runtime {
             state: Mutex::new(node_state),
             services: ArcSwap::from_pointee(services),
             started: Instant::now(),
+            connections,
             workers,
         })
     }
@@ -347,6 +362,36 @@ impl Runtime {
                 endpoint_micros: 0,
             });
         }
+        if let Handler::Referenced(lookup) = &endpoint.handler {
+            let records = match request.action {
+                Action::Lookup => lookup_data(request.body).map(|data| vec![data]),
+                _ => lookup_items(request.body),
+            };
+            let records = match records {
+                Ok(records) => records,
+                Err(e) => {
+                    endpoint.stats.record(items, 0, false);
+                    return Err(e);
+                }
+            };
+            let (held, name) = (generation.clone(), request.endpoint.to_owned());
+            let pending = PendingOutput::lookup(
+                lookup.query(&records),
+                records.len(),
+                request.action == Action::LookupMulti,
+                Box::new(move |items, micros, ok| {
+                    if let Some(endpoint) = held.endpoints.get(&name) {
+                        endpoint.stats.record(items, micros, ok);
+                    }
+                }),
+            );
+            return Ok(CallResponse {
+                generation: generation.id.clone(),
+                key_id,
+                output: Output::Pending(pending),
+                endpoint_micros: 0,
+            });
+        }
         let result = match (&endpoint.handler, request.action) {
             (Handler::Lookup(lookup), Action::Lookup) => lookup_single(lookup, request.body),
             (Handler::Lookup(lookup), _) => lookup_multi(lookup, request.body),
@@ -356,7 +401,7 @@ impl Runtime {
             (Handler::Predict(predict), _) => {
                 predict.predict_multi(request.body).map(Output::Predict)
             }
-            (Handler::Worker(_), _) => unreachable_worker(),
+            (Handler::Worker(_) | Handler::Referenced(_), _) => unreachable_worker(),
         };
         let endpoint_micros = start.elapsed().as_micros() as u64;
         endpoint
@@ -526,6 +571,7 @@ impl Runtime {
                 service,
                 files_dir: state::generation_files_dir(&self.data_dir, service, &generation_id),
             },
+            &self.connections,
         )?);
         drop(bundle);
 
@@ -890,27 +936,18 @@ fn validate_mapping(mapping: &Mapping) -> Result<()> {
     Ok(())
 }
 
-fn lookup_single(lookup: &apinode_lookup::Lookup, body: &Value) -> Result<Output> {
-    let data = body
-        .get("data")
+/// A `lookup` body's `data` object.
+fn lookup_data(body: &Value) -> Result<&serde_json::Map<String, Value>> {
+    body.get("data")
         .and_then(Value::as_object)
         .ok_or_else(|| Error::InvalidQuery {
             location: "data".into(),
             message: "required: an object with the lookup keys".into(),
-        })?;
-    let found = lookup
-        .find(data)
-        .map_err(|source| Error::Lookup { item: None, source })?;
-    let mut out = LookupOutput {
-        buffer: Vec::with_capacity(512),
-        items: Vec::with_capacity(1),
-    };
-    let item = write_match(lookup, found, &mut out.buffer);
-    out.items.push(item);
-    Ok(Output::Lookup(out))
+        })
 }
 
-fn lookup_multi(lookup: &apinode_lookup::Lookup, body: &Value) -> Result<Output> {
+/// The `data` object of every item of a `lookup-multi` body.
+fn lookup_items(body: &Value) -> Result<Vec<&serde_json::Map<String, Value>>> {
     let items = body
         .get("items")
         .and_then(Value::as_array)
@@ -927,13 +964,32 @@ fn lookup_multi(lookup: &apinode_lookup::Lookup, body: &Value) -> Result<Output>
             }
         })?);
     }
+    Ok(records)
+}
+
+fn lookup_single(lookup: &apinode_lookup::Lookup, body: &Value) -> Result<Output> {
+    let data = lookup_data(body)?;
+    let found = lookup
+        .find(data)
+        .map_err(|source| Error::Lookup { item: None, source })?;
+    let mut out = LookupOutput {
+        buffer: Vec::with_capacity(512),
+        items: Vec::with_capacity(1),
+    };
+    let item = write_match(lookup, found, &mut out.buffer);
+    out.items.push(item);
+    Ok(Output::Lookup(out))
+}
+
+fn lookup_multi(lookup: &apinode_lookup::Lookup, body: &Value) -> Result<Output> {
+    let records = lookup_items(body)?;
     let matches = lookup
         .find_batch(&records)
         .map_err(|(i, source)| Error::Lookup {
             item: Some(i),
             source,
         })?;
-    let mut buffer = Vec::with_capacity(items.len() * 128);
+    let mut buffer = Vec::with_capacity(records.len() * 128);
     let ranges = lookup.write_matches(&matches, &mut buffer);
     let items = matches
         .iter()
@@ -989,7 +1045,7 @@ fn unreachable_worker() -> Result<Output> {
 fn load_archive(
     data_dir: &Path,
     limits: &Limits,
-    workers: &WorkerHost,
+    (workers, connections): (&WorkerHost, &Connections),
     service: &str,
     record: &GenerationRecord,
 ) -> Result<LoadedGeneration> {
@@ -1015,6 +1071,7 @@ fn load_archive(
             service,
             files_dir: state::generation_files_dir(data_dir, service, &record.id),
         },
+        connections,
     )
 }
 

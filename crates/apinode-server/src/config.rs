@@ -1,9 +1,12 @@
 //! Node configuration: an optional TOML file, overridden by command-line flags.
 
 use anyhow::Context;
+use apinode_lookup::PgConfig;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub(crate) const DEFAULT_BIND: &str = "127.0.0.1:12000";
 pub(crate) const DEFAULT_DATA_DIR: &str = "./apinode-data";
@@ -24,6 +27,24 @@ pub(crate) struct ConfigFile {
     pub(crate) rscript: Option<PathBuf>,
     /// Where Python code environments are built and kept (`<data_dir>/envs`).
     pub(crate) envs_dir: Option<PathBuf>,
+    /// Named PostgreSQL connections for referenced datasets (`[connections.<name>]`).
+    #[serde(default)]
+    pub(crate) connections: BTreeMap<String, ConnectionFile>,
+    /// A bundle's connection name → a declared connection's name.
+    #[serde(default)]
+    pub(crate) connection_remap: BTreeMap<String, String>,
+}
+
+/// `[connections.<name>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConnectionFile {
+    /// `postgres://user:password@host:port/database`.
+    pub(crate) url: String,
+    /// Sessions kept open at most (default 8).
+    pub(crate) pool_size: Option<usize>,
+    /// Longest a statement may run, and a query wait for a session (default 5000).
+    pub(crate) statement_timeout_ms: Option<u64>,
 }
 
 impl ConfigFile {
@@ -46,6 +67,8 @@ pub(crate) struct NodeConfig {
     pub(crate) rscript: PathBuf,
     /// `None`: `<data_dir>/envs`. `APINODE_ENVS_DIR` overrides the file.
     pub(crate) envs_dir: Option<PathBuf>,
+    pub(crate) connections: BTreeMap<String, PgConfig>,
+    pub(crate) connection_remap: BTreeMap<String, String>,
 }
 
 impl NodeConfig {
@@ -54,10 +77,39 @@ impl NodeConfig {
         data_dir: Option<PathBuf>,
         bind: Option<SocketAddr>,
     ) -> anyhow::Result<NodeConfig> {
+        let shown = file.map(|p| p.display().to_string());
         let file = match file {
             Some(path) => ConfigFile::load(path)?,
             None => ConfigFile::default(),
         };
+        let mut connections = BTreeMap::new();
+        for (name, c) in &file.connections {
+            let mut pg = PgConfig::new(&c.url);
+            if let Some(size) = c.pool_size {
+                anyhow::ensure!(
+                    size >= 1,
+                    "{}: [connections.{name}] pool_size must be at least 1",
+                    shown.as_deref().unwrap_or("configuration")
+                );
+                pg.pool_size = size;
+            }
+            if let Some(ms) = c.statement_timeout_ms {
+                anyhow::ensure!(
+                    ms >= 1,
+                    "{}: [connections.{name}] statement_timeout_ms must be at least 1",
+                    shown.as_deref().unwrap_or("configuration")
+                );
+                pg.statement_timeout = Duration::from_millis(ms);
+            }
+            connections.insert(name.clone(), pg);
+        }
+        for (from, to) in &file.connection_remap {
+            anyhow::ensure!(
+                connections.contains_key(to),
+                "{}: [connection_remap] maps `{from}` to `{to}`, which no [connections.{to}] declares",
+                shown.as_deref().unwrap_or("configuration")
+            );
+        }
         Ok(NodeConfig {
             bind: bind
                 .or(file.bind)
@@ -73,6 +125,8 @@ impl NodeConfig {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
                 .or(file.envs_dir),
+            connections,
+            connection_remap: file.connection_remap,
         })
     }
 }
@@ -98,5 +152,50 @@ mod tests {
             NodeConfig::resolve(Some(&path), None, None).unwrap_err()
         );
         assert!(err.contains("unknown field `bindd`"), "{err}");
+    }
+
+    #[test]
+    fn connections_and_their_remap_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            r#"
+[connections.api-node-referenced-data]
+url = "postgres://postgres@127.0.0.1:5432/test"
+pool_size = 3
+statement_timeout_ms = 250
+
+[connections.warehouse]
+url = "postgres://postgres@127.0.0.1:5432/test"
+
+[connection_remap]
+dss-warehouse = "warehouse"
+"#,
+        )
+        .unwrap();
+        let config = NodeConfig::resolve(Some(&path), None, None).unwrap();
+        let main = &config.connections["api-node-referenced-data"];
+        assert_eq!(main.pool_size, 3);
+        assert_eq!(main.statement_timeout, Duration::from_millis(250));
+        assert_eq!(config.connections["warehouse"].pool_size, 8);
+        assert_eq!(config.connection_remap["dss-warehouse"], "warehouse");
+
+        std::fs::write(&path, "[connection_remap]\na = \"nowhere\"\n").unwrap();
+        let err = format!(
+            "{:#}",
+            NodeConfig::resolve(Some(&path), None, None).unwrap_err()
+        );
+        assert!(err.contains("`nowhere`"), "{err}");
+        std::fs::write(
+            &path,
+            "[connections.x]\nurl = \"postgres://h/d\"\npool = 2\n",
+        )
+        .unwrap();
+        let err = format!(
+            "{:#}",
+            NodeConfig::resolve(Some(&path), None, None).unwrap_err()
+        );
+        assert!(err.contains("unknown field `pool`"), "{err}");
     }
 }

@@ -58,6 +58,8 @@ pub(crate) async fn open_runtime(
     runtime_config.python = config.python.clone();
     runtime_config.rscript = config.rscript.clone();
     runtime_config.envs_dir = config.envs_dir.clone();
+    runtime_config.connections = config.connections.clone();
+    runtime_config.connection_remap = config.connection_remap.clone();
     let runtime = tokio::task::spawn_blocking(move || Runtime::open(runtime_config))
         .await
         .context("the loading task failed")?

@@ -1,6 +1,8 @@
 //! Behaviour of lookups: key types, composite keys, NULLs, the missing / no match / several
 //! matches behaviours, renamed outputs and JSON typing, Parquet loading.
 
+mod pg;
+
 use apinode_lookup::{
     Error, IgnoreReason, KeyColumn, KeyValue, Lookup, LookupAction, LookupConfig, Match,
     OutputColumn, Table,

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 mod predict;
+mod referenced;
 
 const ADMIN: &str = "test-admin";
 const KEY: &str = "secret-key-1";

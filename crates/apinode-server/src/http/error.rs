@@ -135,9 +135,13 @@ fn classify_worker(error: &apinode_workers::Error) -> (StatusCode, &'static str)
     }
 }
 
-/// Lookup failures are the client's: the status says which kind.
+/// Lookup failures are the client's (the status says which kind), but for a referenced
+/// dataset's database being unreachable (503, naming the connection) or failing (500).
 fn classify_lookup(error: &apinode_lookup::Error) -> (StatusCode, &'static str) {
     match error {
+        apinode_lookup::Error::Unavailable { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+        }
         apinode_lookup::Error::NoMatch { .. } => (StatusCode::NOT_FOUND, "NoLookupMatch"),
         apinode_lookup::Error::MultipleMatches { .. } => {
             (StatusCode::CONFLICT, "MultipleLookupMatches")

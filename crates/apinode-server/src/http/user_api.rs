@@ -4,8 +4,8 @@
 use super::auth::PresentedCredentials;
 use super::{ApiError, AppState};
 use apinode_runtime::{
-    Action, CallRequest, Dispatch, LookupItem, LookupOutput, Output, PredictOutput, WorkerCall,
-    WorkerOutput,
+    Action, CallRequest, Dispatch, LookupItem, LookupOutput, Output, PendingOutput, PredictOutput,
+    Resolved, WorkerCall, WorkerOutput,
 };
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -39,15 +39,22 @@ pub(super) async fn call(
     }
 }
 
-/// A user query's answer: written already, or waiting on a Python or R endpoint's workers.
+/// A user query's answer: written already, or waiting on a Python or R endpoint's workers
+/// or on a database.
 pub(super) enum Answered {
     Now(Response),
     Later(PendingAnswer),
 }
 
-/// A query handed to workers, with what its response needs once they answer.
+/// What a pending answer waits on.
+enum Waiting {
+    Worker(WorkerCall),
+    Output(PendingOutput),
+}
+
+/// A query handed to workers (or waiting on I/O), with what its response needs once answered.
 pub(super) struct PendingAnswer {
-    call: WorkerCall,
+    call: Waiting,
     service: String,
     endpoint: String,
     generation: Arc<str>,
@@ -56,7 +63,7 @@ pub(super) struct PendingAnswer {
 }
 
 impl PendingAnswer {
-    /// Waits for the workers and writes the response (or the error).
+    /// Waits for the workers (or the I/O) and writes the response (or the error).
     pub(super) async fn finish(self) -> Response {
         let PendingAnswer {
             call,
@@ -66,6 +73,31 @@ impl PendingAnswer {
             action,
             start,
         } = self;
+        let call = match call {
+            Waiting::Worker(call) => call,
+            Waiting::Output(pending) => {
+                let write = |body: Body<'_>| {
+                    write_response(&service, &endpoint, &generation, body, start, action)
+                };
+                return match pending.finish().await {
+                    Ok(Resolved {
+                        output: Output::Lookup(lookup),
+                        endpoint_micros,
+                    }) => write(Body::Lookup(&lookup, endpoint_micros)),
+                    Ok(Resolved {
+                        output: Output::Predict(predict),
+                        ..
+                    }) => write(Body::Predict(&predict)),
+                    Ok(_) => ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "InternalError",
+                        "a pending answer resolved to another pending answer",
+                    )
+                    .into_response(),
+                    Err(e) => ApiError::from(e).into_response(),
+                };
+            }
+        };
         match call.finish().await {
             Ok(WorkerOutput::Run {
                 response,
@@ -135,7 +167,15 @@ pub(super) fn answer(
         }
         Output::Predict(predict) => Answered::Now(write(Body::Predict(&predict))),
         Output::Worker(call) => Answered::Later(PendingAnswer {
-            call,
+            call: Waiting::Worker(call),
+            service: service.to_owned(),
+            endpoint: endpoint.to_owned(),
+            generation: generation.clone(),
+            action,
+            start,
+        }),
+        Output::Pending(pending) => Answered::Later(PendingAnswer {
+            call: Waiting::Output(pending),
             service: service.to_owned(),
             endpoint: endpoint.to_owned(),
             generation: generation.clone(),
