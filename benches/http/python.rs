@@ -424,9 +424,9 @@ fn run(settings: &Settings, pinning: &Pinning) -> Report {
             result.server_cpu,
             result.client_cpu,
         );
-        let rate = result.rate();
+        let measured = (result.rate(), result.server_cpu);
         phases.push((name, result));
-        rate
+        measured
     };
 
     let mut rounds = Vec::new();
@@ -469,12 +469,18 @@ fn run(settings: &Settings, pinning: &Pinning) -> Report {
             None,
         );
         let r_max = phase(format!("node_r_w{workers}_max"), &node, &r_requests, None);
+        // Requests per second of server CPU: the ratio had both servers had all of core 0
+        // (another process on this shared machine may take some of it from one of them).
+        let per_cpu = |(rate, cpu): (f64, f64)| rate / cpu.max(f64::EPSILON);
+        let cpu_ratio = per_cpu(node_max) / per_cpu(fastapi_max);
+        let (node_max, fastapi_max, r_max) = (node_max.0, fastapi_max.0, r_max.0);
         rounds.push(json!({
             "workers": workers,
             "node_python_rps": node_max,
             "fastapi_rps": fastapi_max,
             "node_r_rps": r_max,
             "ratio_node_over_fastapi": node_max / fastapi_max,
+            "ratio_per_server_cpu": cpu_ratio,
         }));
 
         // Latency at low load: the first round only (one worker is busy at a time there).
@@ -638,9 +644,10 @@ fn render(settings: &Settings, pinning: &Pinning, results: Results) -> Report {
     line(String::new());
     for round in &results.rounds {
         line(format!(
-            "- {} worker(s): apinode / FastAPI requests/s = **{:.2}×** (goal ≥ 2×); R: {:.0} req/s ({:.2}× FastAPI's Python)",
+            "- {} worker(s): apinode / FastAPI requests/s = **{:.2}×** (goal ≥ 2×); per second of server CPU {:.2}×; R: {:.0} req/s ({:.2}× FastAPI's Python)",
             round["workers"],
             round["ratio_node_over_fastapi"].as_f64().unwrap_or(0.0),
+            round["ratio_per_server_cpu"].as_f64().unwrap_or(0.0),
             round["node_r_rps"].as_f64().unwrap_or(0.0),
             round["node_r_rps"].as_f64().unwrap_or(0.0)
                 / round["fastapi_rps"].as_f64().unwrap_or(f64::NAN),
