@@ -1,16 +1,20 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
-//! - `ci`: everything CI checks, in order: fmt, build, lint, the Python virtualenv, R (from
-//!   Debian's packages when missing), the scoring differential cases (models trained and scored
-//!   by `dataiku-scoring`), the scoring benchmark's models, Rust tests, benchmark smoke (each benchmark once on small inputs, the
-//!   scoring one with a short `dataiku-scoring` run), Python conformance tests against the debug
-//!   binary. If it passes locally, CI passes.
+//! - `ci`: everything CI checks, in order: fmt, build, lint, the Python virtualenvs (the tests'
+//!   and the Python benchmark's), R (from Debian's packages when missing), the scoring
+//!   differential cases (models trained and scored by `dataiku-scoring`), the scoring
+//!   benchmark's models, Rust tests, benchmark smoke (each benchmark once on small inputs, the
+//!   scoring one with a short `dataiku-scoring` run, the Python one against FastAPI from the
+//!   bench virtualenv), Python conformance tests against the debug binary. If it passes
+//!   locally, CI passes.
 //! - `lint`: clippy with `-D warnings`, plus the architecture rules (only `apinode-lookup`
 //!   may depend on DataFusion; libraries don't use anyhow; every crate root has `//!` docs).
 //! - `fmt`: `cargo fmt --all`.
 //! - `bench [NAME] [-- ARGS]`: the benchmarks, in release: all of them, or one by name.
 //!   `lookup` (`benches/lookup.rs`) and `http` (`benches/http`: lookup and predict over HTTP,
-//!   against the release `apinode` binary built first); `scoring`
+//!   against the release `apinode` binary built first); `python` (`benches/http/python.rs`:
+//!   the Python and R endpoints of the release binary against FastAPI + uvicorn, from a
+//!   virtualenv of `benches/http/python-requirements.txt`, `<target>/py-bench-venv`); `scoring`
 //!   (`crates/apinode-scoring/benches/scoring.rs`): apinode-scoring against `dataiku-scoring` in the Python virtualenv, on the models and rows
 //!   `crates/apinode-scoring/tests/python/make_bench_models.py` generates. ARGS go to the
 //!   benchmark (a criterion filter, for instance).
@@ -32,6 +36,9 @@ const PYTHON_REQUIREMENTS: &[&str] = &[
     "crates/apinode-scoring/tests/python/requirements.txt",
     "crates/apinode-audit/tests/python/requirements.txt",
 ];
+/// Pinned requirements of the Python benchmark's FastAPI + uvicorn side, in a virtualenv of
+/// their own (`py-bench-venv`): the bench compares against exactly these versions.
+const BENCH_PYTHON_REQUIREMENTS: &[&str] = &["benches/http/python-requirements.txt"];
 const PYTHON_TESTS: &str = "crates/apinode-server/tests/python";
 /// Writes model exports and dataiku-scoring's predictions on them for the differential test.
 const SCORING_GENERATOR: &str = "crates/apinode-scoring/tests/python/make_models.py";
@@ -42,6 +49,7 @@ const SCORING_BENCH_GENERATOR: &str = "crates/apinode-scoring/tests/python/make_
 const BENCHES: &[(&str, &str)] = &[
     ("lookup", "apinode-benches"),
     ("http", "apinode-bench-http"),
+    ("python", "apinode-bench-http"),
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -62,14 +70,14 @@ fn main() -> anyhow::Result<()> {
             match name.as_deref() {
                 Some("scoring") => bench_scoring(&root, &rest),
                 None => {
-                    bench_apinode(None, &rest)?;
+                    bench_apinode(&root, None, &rest)?;
                     bench_scoring(&root, &rest)
                 }
                 Some(name) if BENCHES.iter().any(|(b, _)| *b == name) => {
-                    bench_apinode(Some(name), &rest)
+                    bench_apinode(&root, Some(name), &rest)
                 }
                 Some(other) => bail!(
-                    "no benchmark named `{other}`: the benchmarks are lookup, http and scoring"
+                    "no benchmark named `{other}`: the benchmarks are lookup, http, python and scoring"
                 ),
             }
         }
@@ -78,9 +86,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The benchmarks in `benches/`, one or all, after the release `apinode` binary.
-fn bench_apinode(name: Option<&str>, args: &[String]) -> anyhow::Result<()> {
-    // The HTTP benchmark drives the release `apinode` binary: build it first.
+fn bench_apinode(root: &Path, name: Option<&str>, args: &[String]) -> anyhow::Result<()> {
+    // The HTTP benchmarks drive the release `apinode` binary: build it first.
     run(cargo().args(["build", "--release", "--locked", "-p", "apinode-server"]))?;
+    let bench_python = match name {
+        None | Some("python") => Some(step("bench virtualenv (FastAPI + uvicorn)", || {
+            bench_python_venv(root)
+        })?),
+        Some(_) => None,
+    };
     for (bench, package) in BENCHES {
         if name.is_some_and(|n| n != *bench) {
             continue;
@@ -91,6 +105,9 @@ fn bench_apinode(name: Option<&str>, args: &[String]) -> anyhow::Result<()> {
             // Both engines in the process get malloc's transparent huge pages, as `apinode
             // serve` gives itself (crates/apinode-server/src/huge_pages.rs).
             command.env("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1");
+        }
+        if let Some(python) = bench_python.as_ref().filter(|_| *bench == "python") {
+            command.env("APINODE_BENCH_PYTHON", python);
         }
         if !args.is_empty() {
             command.arg("--").args(args);
@@ -179,6 +196,9 @@ fn ci(root: &Path) -> anyhow::Result<()> {
     })?;
     step("lint", || lint(root))?;
     let python = step("python virtualenv", || python_venv(root))?;
+    let bench_python = step("bench virtualenv (FastAPI + uvicorn)", || {
+        bench_python_venv(root)
+    })?;
     step("R for the R endpoints", ensure_r)?;
     let cases = step("scoring cases from dataiku-scoring", || {
         scoring_cases(root, &python)
@@ -202,6 +222,7 @@ fn ci(root: &Path) -> anyhow::Result<()> {
             .args(["test", "--workspace", "--benches", "--locked"])
             .env("APINODE_BENCH_ROWS", "10000")
             .env("APINODE_PYTHON", &python)
+            .env("APINODE_BENCH_PYTHON", &bench_python)
             .env("APINODE_SCORING_BENCH", &bench_models))
     })?;
     step("python conformance tests", || {
@@ -309,10 +330,22 @@ fn target_dir() -> anyhow::Result<PathBuf> {
 /// Creates (or reuses) the virtualenv with every pinned requirement; returns its python.
 /// Fails, never skips, when Python is missing.
 fn python_venv(root: &Path) -> anyhow::Result<PathBuf> {
-    let venv = target_dir()?.join("py-venv");
+    venv(root, "py-venv", PYTHON_REQUIREMENTS)
+}
+
+/// The Python benchmark's virtualenv (FastAPI, uvicorn), apart from the tests' so that
+/// neither's pins move the other's.
+fn bench_python_venv(root: &Path) -> anyhow::Result<PathBuf> {
+    venv(root, "py-bench-venv", BENCH_PYTHON_REQUIREMENTS)
+}
+
+/// Creates (or reuses, while the requirement files are unchanged) `<target>/<dir>` with
+/// `requirements` installed; returns its python.
+fn venv(root: &Path, dir: &str, requirements: &[&str]) -> anyhow::Result<PathBuf> {
+    let venv = target_dir()?.join(dir);
     let python = venv.join("bin/python");
     let mut hasher = Sha256::new();
-    for file in PYTHON_REQUIREMENTS {
+    for file in requirements {
         hasher
             .update(std::fs::read(root.join(file)).with_context(|| format!("cannot read {file}"))?);
     }
@@ -338,7 +371,7 @@ fn python_venv(root: &Path) -> anyhow::Result<PathBuf> {
         "--quiet",
         "--disable-pip-version-check",
     ]);
-    for file in PYTHON_REQUIREMENTS {
+    for file in requirements {
         install.arg("-r").arg(root.join(file));
     }
     run(&mut install)?;
