@@ -226,6 +226,37 @@ impl<W: Write + Send> Sink<W> {
     }
 }
 
+/// Reads a CSV or Parquet file (by its extension, `.csv` or `.parquet`) with the build's
+/// type inference and default CSV options, and returns it as the normalized Parquet a bundle
+/// holds, with its row count. `apinode data sync` loads referenced tables through it, so a
+/// table synced from a file has the column types a bundled copy of that file would have.
+pub fn normalize_dataset(source: &Path) -> crate::Result<(Vec<u8>, u64)> {
+    let error = |message: String| crate::Error::Dataset {
+        dataset: source
+            .file_stem()
+            .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
+        file: source.display().to_string(),
+        message,
+    };
+    let format = match source
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("csv") => DatasetFormat::Csv,
+        Some("parquet") => DatasetFormat::Parquet,
+        _ => {
+            return Err(error(
+                "the file must end in .csv or .parquet, which says how to read it".into(),
+            ));
+        }
+    };
+    let (converted, out) =
+        convert(source, format, &CsvOptions::default(), None, Vec::new()).map_err(error)?;
+    Ok((out, converted.rows))
+}
+
 /// Converts the dataset at `source` to normalized Parquet written to `out`.
 pub(crate) fn convert<W: Write + Send>(
     source: &Path,

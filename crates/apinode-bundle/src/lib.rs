@@ -40,7 +40,7 @@ mod validate;
 
 pub use build::{BuildOptions, BuildReport, build, load_spec};
 pub use bundle::Bundle;
-pub use dataset::{arrow_type, column_type_of};
+pub use dataset::{arrow_type, column_type_of, normalize_dataset};
 pub use error::{Error, Result};
 pub use validate::{
     count_sql_placeholders, is_sha256_hex, is_valid_id, is_valid_version, validate_manifest,

@@ -3,6 +3,7 @@
 
 mod bundle_cmd;
 mod config;
+mod data_cmd;
 mod demo;
 mod http;
 mod huge_pages;
@@ -39,6 +40,18 @@ enum Command {
     },
     /// Build the example customers service, start a node serving it, print example queries.
     Demo(demo::DemoArgs),
+    /// Load datasets into the SQL connections referenced datasets live in.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DataCommand {
+    /// Load a CSV or Parquet file into a new PostgreSQL table with COPY (column types as
+    /// `apinode bundle build` infers them), with a progress bar and a summary.
+    Sync(data_cmd::SyncArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,5 +106,8 @@ fn main() -> anyhow::Result<()> {
             ModelCommand::Predict { path } => model_cmd::predict(&path),
         },
         Command::Demo(args) => demo::run(args),
+        Command::Data { command } => match command {
+            DataCommand::Sync(args) => data_cmd::sync(args),
+        },
     }
 }

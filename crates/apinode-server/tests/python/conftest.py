@@ -300,6 +300,8 @@ class Node:
     admin_key: str
     log_dir: Path
     url: str = ""
+    # A node configuration file (`apinode serve --config`), if any.
+    config: Path | None = None
     proc: subprocess.Popen | None = None
     stderr_path: Path | None = None
     starts: int = 0
@@ -315,8 +317,10 @@ class Node:
         env["NO_COLOR"] = "1"
         stderr = self.stderr_path.open("wb")
         try:
+            config = ["--config", str(self.config)] if self.config is not None else []
             self.proc = subprocess.Popen(
-                [str(self.binary), "serve", "--data-dir", str(self.data_dir), "--bind", "127.0.0.1:0"],
+                [str(self.binary), "serve", "--data-dir", str(self.data_dir), "--bind", "127.0.0.1:0",
+                 *config],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -422,7 +426,7 @@ def start_node(apinode_bin: Path, tmp_path_factory: pytest.TempPathFactory):
     `node.restart()` restarts it on the same data directory. All are stopped at the end."""
     started: list[Node] = []
 
-    def start(data_dir: Path | None = None) -> Node:
+    def start(data_dir: Path | None = None, config: Path | None = None) -> Node:
         if data_dir is None:
             data_dir = tmp_path_factory.mktemp("apinode-data")
         node = Node(
@@ -430,6 +434,7 @@ def start_node(apinode_bin: Path, tmp_path_factory: pytest.TempPathFactory):
             data_dir=data_dir,
             admin_key="admin-" + secrets.token_hex(16),
             log_dir=tmp_path_factory.getbasetemp(),
+            config=config,
         )
         started.append(node)
         return node.start()

@@ -1,0 +1,171 @@
+"""Referenced data on PostgreSQL through the official client: `apinode data sync` loads the
+customers CSV into a table, a node whose configuration declares the connection serves a
+bundle that references that table, and `lookup_record` / `lookup_records` answer exactly what
+the same bundle with the data bundled answers.
+
+PostgreSQL comes from APINODE_TEST_PG_URL (`cargo xtask ci` sets it); without it the tests
+fail, never skip.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+import dataikuapi
+import pytest
+import requests
+
+from conftest import Bundles, Node, build_bundle, write_csv
+from test_conformance import TIMEOUT, admin, assert_error_response
+
+SERVICE = "referenced"
+CONNECTION = "api-node-referenced-data"
+ENDPOINTS = """
+[[endpoints]]
+id = "by-id"
+kind = "dataset-lookup"
+[endpoints.lookup]
+dataset = "customers"
+keys = ["customer_id"]
+
+[[endpoints]]
+id = "account"
+kind = "dataset-lookup"
+[endpoints.lookup]
+dataset = "customers"
+keys = [{ column = "country", input = "country" }, { column = "account_number", input = "account" }]
+columns = ["customer_id", "email", "score", "signup_date", "is_active"]
+on_no_match = "null"
+
+[[endpoints]]
+id = "by-city"
+kind = "dataset-lookup"
+[endpoints.lookup]
+dataset = "customers"
+keys = ["city"]
+columns = ["customer_id"]
+on_multiple_matches = "ignore"
+"""
+
+
+def pg_url() -> str:
+    url = os.environ.get("APINODE_TEST_PG_URL")
+    if not url:
+        pytest.fail("APINODE_TEST_PG_URL is not set: `cargo xtask ci` sets it "
+                    "(postgres://postgres@127.0.0.1:5432/test)", pytrace=False)
+    return url
+
+
+def sync(apinode_bin: Path, csv: Path, table: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(apinode_bin), "data", "sync", str(csv), "--url", pg_url(), "--table", table, *extra],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def both(start_node, apinode_bin: Path, bundles: Bundles, tmp_path_factory) -> tuple[Node, Node]:
+    """Two nodes: one serving the customers bundled, one serving them from PostgreSQL."""
+    work = tmp_path_factory.mktemp("referenced")
+    csv = work / "customers.csv"
+    write_csv(csv, bundles.rows["v1"])
+    table = f"conformance_customers_{secrets.token_hex(4)}"
+    synced = sync(apinode_bin, csv, table)
+    assert synced.returncode == 0, synced.stderr
+    assert f"synced 1000 rows and 9 columns" in synced.stdout, synced.stdout
+
+    nodes = []
+    for mode in ("bundled", "referenced"):
+        folder = work / mode
+        folder.mkdir()
+        if mode == "bundled":
+            (folder / "customers.csv").write_bytes(csv.read_bytes())
+            dataset = 'path = "customers.csv"'
+            config = None
+        else:
+            dataset = f'table = "{table}"'
+            config = work / "node.toml"
+            config.write_text(
+                f'[connections.pg-main]\nurl = "{pg_url()}"\npool_size = 4\n\n'
+                f'[connection_remap]\n"{CONNECTION}" = "pg-main"\n'
+            )
+        (folder / "service.toml").write_text(
+            f'[service]\nid = "{SERVICE}"\n\n[auth]\nmode = "public"\n\n'
+            f'[[datasets]]\nname = "customers"\n{dataset}\n{ENDPOINTS}'
+        )
+        archive = build_bundle(apinode_bin, folder, work / f"{mode}.zip", "v1")
+        node = start_node(config=config)
+        adm = admin(node)
+        adm.create_service(SERVICE)
+        adm.service(SERVICE).import_generation_from_archive(str(archive))
+        adm.service(SERVICE).switch_to_newest()
+        nodes.append(node)
+    return nodes[0], nodes[1]
+
+
+def client(node: Node) -> dataikuapi.APINodeClient:
+    return dataikuapi.APINodeClient(node.url, SERVICE)
+
+
+def test_sync_refuses_to_overwrite_without_replace(apinode_bin, bundles: Bundles, tmp_path):
+    csv = tmp_path / "customers.csv"
+    write_csv(csv, bundles.rows["v2"])
+    table = f"conformance_sync_{secrets.token_hex(4)}"
+    assert sync(apinode_bin, csv, table).returncode == 0
+    again = sync(apinode_bin, csv, table)
+    assert again.returncode != 0
+    assert "already exists" in again.stderr and "--replace" in again.stderr, again.stderr
+    replaced = sync(apinode_bin, csv, table, "--replace")
+    assert replaced.returncode == 0, replaced.stderr
+    # A file it cannot read: the error names it.
+    bad = tmp_path / "customers.txt"
+    bad.write_text("x")
+    failed = sync(apinode_bin, bad, table)
+    assert failed.returncode != 0 and "customers.txt" in failed.stderr, failed.stderr
+
+
+def test_referenced_answers_equal_bundled_answers(both, bundles: Bundles):
+    bundled, referenced = both
+    rows = bundles.rows["v1"]
+    queries = {
+        "by-id": [{"customer_id": r["customer_id"]} for r in rows[:25]] + [{"customer_id": 1}],
+        "account": [{"country": r["country"], "account": r["account_number"]} for r in rows[:25]]
+        + [{"country": "FR", "account": 10**6}],
+        "by-city": [{"city": "Annecy"}, {"city": "Paris"}, {"city": "Nowhere"}],
+    }
+    for endpoint, records in queries.items():
+        for record in records:
+            want = client(bundled).lookup_record(endpoint, record)
+            got = client(referenced).lookup_record(endpoint, record)
+            assert got == want, (endpoint, record)
+        items = [{"data": r} for r in records]
+        many_want = client(bundled).lookup_records(endpoint, items)["results"]
+        many_got = client(referenced).lookup_records(endpoint, items)
+        assert many_got["results"] == many_want, endpoint
+        assert many_got["apiContext"]["serviceGeneration"] == "v1"
+
+
+def test_the_raw_bytes_are_the_same_too(both, bundles: Bundles):
+    bundled, referenced = both
+    body = '{"items": [{"data": {"customer_id": %d}}, {"data": {"customer_id": 7}}]}' % (
+        bundles.rows["v1"][3]["customer_id"]
+    )
+
+    def results(node: Node) -> bytes:
+        r = requests.post(f"{node.url}/public/api/v1/{SERVICE}/by-id/lookup-multi", data=body,
+                          timeout=TIMEOUT)
+        assert r.status_code == 200, r.text
+        return r.content.split(b',"timing"')[0]
+
+    assert results(referenced) == results(bundled)
+
+
+def test_a_missing_key_is_the_same_error(both):
+    bundled, referenced = both
+    for node in (bundled, referenced):
+        r = requests.post(f"{node.url}/public/api/v1/{SERVICE}/by-id/lookup", data="{\"data\": {}}",
+                          timeout=TIMEOUT)
+        assert_error_response(r, 400, "InvalidLookupKey")
