@@ -169,3 +169,39 @@ def test_a_missing_key_is_the_same_error(both):
         r = requests.post(f"{node.url}/public/api/v1/{SERVICE}/by-id/lookup", data="{\"data\": {}}",
                           timeout=TIMEOUT)
         assert_error_response(r, 400, "InvalidLookupKey")
+
+
+def test_a_connection_that_is_down_answers_503_and_the_rest_serves(start_node, apinode_bin, tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'[connections.pg-down]\nurl = "postgres://postgres@127.0.0.1:{dead_port}/test"\n'
+        f'statement_timeout_ms = 2000\n\n[connection_remap]\n"{CONNECTION}" = "pg-down"\n'
+    )
+    folder = tmp_path / "svc"
+    folder.mkdir()
+    (folder / "local.csv").write_text("id,name\n1,Ann\n")
+    (folder / "service.toml").write_text(
+        f'[service]\nid = "{SERVICE}"\n\n[auth]\nmode = "public"\n\n'
+        '[[datasets]]\nname = "customers"\ntable = "customers"\n\n'
+        '[[datasets]]\nname = "local"\npath = "local.csv"\n\n'
+        '[[endpoints]]\nid = "remote"\nkind = "dataset-lookup"\n'
+        '[endpoints.lookup]\ndataset = "customers"\nkeys = ["customer_id"]\ncolumns = ["email"]\n\n'
+        '[[endpoints]]\nid = "local"\nkind = "dataset-lookup"\n'
+        '[endpoints.lookup]\ndataset = "local"\nkeys = ["id"]\n'
+    )
+    archive = build_bundle(apinode_bin, folder, tmp_path / "svc.zip", "v1")
+    node = start_node(config=config)
+    adm = admin(node)
+    adm.create_service(SERVICE)
+    # The database does not answer at import: the generation loads anyway.
+    adm.service(SERVICE).import_generation_from_archive(str(archive))
+    adm.service(SERVICE).switch_to_newest()
+    r = requests.post(f"{node.url}/public/api/v1/{SERVICE}/remote/lookup",
+                      data='{"data": {"customer_id": 1}}', timeout=TIMEOUT)
+    body = assert_error_response(r, 503, "ServiceUnavailable")
+    assert "pg-down" in body["message"] or CONNECTION in body["message"], body
+    assert client(node).lookup_record("local", {"id": 1})["data"] == {"id": 1, "name": "Ann"}
