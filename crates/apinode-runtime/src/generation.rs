@@ -128,6 +128,7 @@ impl LoadedGeneration {
                             Handler::Referenced(
                                 load_referenced(
                                     connections,
+                                    workers.service,
                                     dataset,
                                     connection,
                                     table,

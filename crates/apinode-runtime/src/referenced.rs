@@ -21,6 +21,8 @@ pub(crate) struct Connections {
     declared: BTreeMap<String, Arc<PgConnection>>,
     /// Bundle name → node name.
     remap: BTreeMap<String, String>,
+    /// Per service, bundle name → node name; wins over `remap`.
+    service_remap: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Connections {
@@ -29,6 +31,7 @@ impl Connections {
     pub(crate) fn new(
         configs: &BTreeMap<String, PgConfig>,
         remap: &BTreeMap<String, String>,
+        service_remap: &BTreeMap<String, BTreeMap<String, String>>,
     ) -> Result<Connections> {
         let mut declared = BTreeMap::new();
         for (name, config) in configs {
@@ -36,24 +39,42 @@ impl Connections {
                 .map_err(|e| Error::InvalidRequest(e.to_string()))?;
             declared.insert(name.clone(), Arc::new(connection));
         }
-        for (from, to) in remap {
-            if !declared.contains_key(to) {
-                return Err(Error::InvalidRequest(format!(
-                    "the connection remap maps `{from}` to `{to}`, which is not a declared \
-                     connection ({})",
-                    names(&declared)
-                )));
+        let remaps =
+            std::iter::once((None, remap)).chain(service_remap.iter().map(|(s, r)| (Some(s), r)));
+        for (service, remap) in remaps {
+            for (from, to) in remap {
+                if !declared.contains_key(to) {
+                    let of = service
+                        .map(|s| format!(" of service `{s}`"))
+                        .unwrap_or_default();
+                    return Err(Error::InvalidRequest(format!(
+                        "the connection remap{of} maps `{from}` to `{to}`, which is not a \
+                         declared connection ({})",
+                        names(&declared)
+                    )));
+                }
             }
         }
         Ok(Connections {
             declared,
             remap: remap.clone(),
+            service_remap: service_remap.clone(),
         })
     }
 
-    /// The connection a bundle's connection name designates: remapped, else the same name.
-    pub(crate) fn resolve(&self, name: &str) -> std::result::Result<Arc<PgConnection>, String> {
-        let target = self.remap.get(name).map_or(name, String::as_str);
+    /// The connection a bundle's connection name designates for `service`: remapped for the
+    /// service, else for the node, else the same name.
+    pub(crate) fn resolve(
+        &self,
+        service: &str,
+        name: &str,
+    ) -> std::result::Result<Arc<PgConnection>, String> {
+        let target = self
+            .service_remap
+            .get(service)
+            .and_then(|r| r.get(name))
+            .or_else(|| self.remap.get(name))
+            .map_or(name, String::as_str);
         self.declared.get(target).cloned().ok_or_else(|| {
             let remapped = if target == name {
                 String::new()
@@ -87,13 +108,14 @@ fn names(declared: &BTreeMap<String, Arc<PgConnection>>) -> String {
 /// when it does not, the generation loads anyway and its queries answer 503 until it does.
 pub(crate) fn load_referenced(
     connections: &Connections,
+    service: &str,
     dataset: &str,
     connection: &str,
     table: &str,
     config: LookupConfig,
 ) -> std::result::Result<Arc<ReferencedLookup>, String> {
     let pg = connections
-        .resolve(connection)
+        .resolve(service, connection)
         .map_err(|m| format!("dataset `{dataset}`: {m}"))?;
     let lookup =
         Arc::new(ReferencedLookup::new(pg, dataset, table, config).map_err(|e| e.to_string())?);

@@ -35,6 +35,8 @@ pub struct RuntimeConfig {
     pub connections: BTreeMap<String, apinode_lookup::PgConfig>,
     /// A bundle's connection name → the node's (names not listed are used as they are).
     pub connection_remap: BTreeMap<String, String>,
+    /// Per service id, the same; wins over `connection_remap` for that service's bundles.
+    pub service_connection_remap: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl RuntimeConfig {
@@ -47,6 +49,7 @@ impl RuntimeConfig {
             rscript: PathBuf::from("Rscript"),
             connections: BTreeMap::new(),
             connection_remap: BTreeMap::new(),
+            service_connection_remap: BTreeMap::new(),
         }
     }
 }
@@ -226,7 +229,11 @@ impl Runtime {
             config.python,
             config.rscript,
         );
-        let connections = Connections::new(&config.connections, &config.connection_remap)?;
+        let connections = Connections::new(
+            &config.connections,
+            &config.connection_remap,
+            &config.service_connection_remap,
+        )?;
         let node_state = state::load(&data_dir)?;
         let mut services = HashMap::new();
         for (service_id, service_state) in &node_state.services {

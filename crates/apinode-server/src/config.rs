@@ -33,6 +33,19 @@ pub(crate) struct ConfigFile {
     /// A bundle's connection name → a declared connection's name.
     #[serde(default)]
     pub(crate) connection_remap: BTreeMap<String, String>,
+    /// Per-service settings (`[services.<id>]`).
+    #[serde(default)]
+    pub(crate) services: BTreeMap<String, ServiceFile>,
+}
+
+/// `[services.<id>]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServiceFile {
+    /// The service's own remap, winning over the node's `[connection_remap]`: one bundle
+    /// serves a design, a test and a production service on one node.
+    #[serde(default)]
+    pub(crate) connection_remap: BTreeMap<String, String>,
 }
 
 /// `[connections.<name>]`.
@@ -69,6 +82,7 @@ pub(crate) struct NodeConfig {
     pub(crate) envs_dir: Option<PathBuf>,
     pub(crate) connections: BTreeMap<String, PgConfig>,
     pub(crate) connection_remap: BTreeMap<String, String>,
+    pub(crate) service_connection_remap: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl NodeConfig {
@@ -110,6 +124,16 @@ impl NodeConfig {
                 shown.as_deref().unwrap_or("configuration")
             );
         }
+        for (service, settings) in &file.services {
+            for (from, to) in &settings.connection_remap {
+                anyhow::ensure!(
+                    connections.contains_key(to),
+                    "{}: [services.{service}.connection_remap] maps `{from}` to `{to}`, which no \
+                     [connections.{to}] declares",
+                    shown.as_deref().unwrap_or("configuration")
+                );
+            }
+        }
         Ok(NodeConfig {
             bind: bind
                 .or(file.bind)
@@ -127,6 +151,11 @@ impl NodeConfig {
                 .or(file.envs_dir),
             connections,
             connection_remap: file.connection_remap,
+            service_connection_remap: file
+                .services
+                .into_iter()
+                .map(|(id, s)| (id, s.connection_remap))
+                .collect(),
         })
     }
 }

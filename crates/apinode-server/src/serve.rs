@@ -60,6 +60,7 @@ pub(crate) async fn open_runtime(
     runtime_config.envs_dir = config.envs_dir.clone();
     runtime_config.connections = config.connections.clone();
     runtime_config.connection_remap = config.connection_remap.clone();
+    runtime_config.service_connection_remap = config.service_connection_remap.clone();
     let runtime = tokio::task::spawn_blocking(move || Runtime::open(runtime_config))
         .await
         .context("the loading task failed")?

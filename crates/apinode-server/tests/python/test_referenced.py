@@ -205,3 +205,38 @@ def test_a_connection_that_is_down_answers_503_and_the_rest_serves(start_node, a
     body = assert_error_response(r, 503, "ServiceUnavailable")
     assert "pg-down" in body["message"] or CONNECTION in body["message"], body
     assert client(node).lookup_record("local", {"id": 1})["data"] == {"id": 1, "name": "Ann"}
+
+
+def test_a_service_remap_wins_over_the_node_remap(start_node, apinode_bin, bundles: Bundles, tmp_path):
+    """One bundle, one node: the node maps the bundle's connection to a database that is down,
+    the service's own remap sends it to the live one."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    csv = tmp_path / "customers.csv"
+    write_csv(csv, bundles.rows["v1"])
+    table = f"conformance_remap_{secrets.token_hex(4)}"
+    assert sync(apinode_bin, csv, table).returncode == 0
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'[connections.live]\nurl = "{pg_url()}"\n\n'
+        f'[connections.down]\nurl = "postgres://postgres@127.0.0.1:{dead_port}/test"\n\n'
+        f'[connection_remap]\n"{CONNECTION}" = "down"\n\n'
+        f'[services.{SERVICE}.connection_remap]\n"{CONNECTION}" = "live"\n'
+    )
+    folder = tmp_path / "svc"
+    folder.mkdir()
+    (folder / "service.toml").write_text(
+        f'[service]\nid = "{SERVICE}"\n\n[auth]\nmode = "public"\n\n'
+        f'[[datasets]]\nname = "customers"\ntable = "{table}"\n{ENDPOINTS}'
+    )
+    archive = build_bundle(apinode_bin, folder, tmp_path / "svc.zip", "v1")
+    node = start_node(config=config)
+    adm = admin(node)
+    adm.create_service(SERVICE)
+    adm.service(SERVICE).import_generation_from_archive(str(archive))
+    adm.service(SERVICE).switch_to_newest()
+    row = bundles.rows["v1"][5]
+    answer = client(node).lookup_record("by-id", {"customer_id": row["customer_id"]})
+    assert answer["data"]["email"] == row["email"]
