@@ -305,6 +305,24 @@ pub fn results_dir() -> PathBuf {
         .join("bench-results")
 }
 
+/// Writes a run's JSON report to `target/bench-results/<bench>.json`, or `<bench>-smoke.json`
+/// and `<bench>-perf.json` for those runs, so that neither overwrites a full run's figures.
+pub fn write_report(bench: &str, full: bool, profiled: bool, report: &Value) {
+    let name = match (full, profiled) {
+        (false, _) => format!("{bench}-smoke.json"),
+        (true, true) => format!("{bench}-perf.json"),
+        (true, false) => format!("{bench}.json"),
+    };
+    let path = results_dir().join(name);
+    std::fs::create_dir_all(path.parent().expect("a parent")).expect("create bench-results");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(report).expect("serializes"),
+    )
+    .expect("write the JSON report");
+    eprintln!("wrote {}", path.display());
+}
+
 /// A `/proc/<pid>/status` field in bytes (`VmRSS`, `VmHWM`).
 pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");

@@ -35,7 +35,7 @@
 use apinode_bench_http::{
     ADMIN_KEY, CEILING_ENV, CLIENT_CORE, CONNECTIONS, Phase, Pinning, Profiler, SERVER_CORE,
     STALL_THRESHOLD, Server, call, cpu_model, http_request, load, node_binary, percent_encode,
-    pin_self, proc_status_bytes, reexecuted_role, results_dir, stall_probes,
+    pin_self, proc_status_bytes, reexecuted_role, stall_probes, write_report,
 };
 use apinode_benches::{
     CHURN_CATEGORIES, CHURN_NUMERIC, bench_rows, customer_key, customers_table, write_churn_model,
@@ -70,20 +70,7 @@ fn main() {
     );
     let report = run(&settings, &pinning);
     print!("{}", report.markdown);
-    // Neither the smoke run (CI's) nor a profiled run overwrites the figures of a full run.
-    let name = match (full, settings.perf.is_some()) {
-        (false, _) => "http-smoke.json",
-        (true, true) => "http-perf.json",
-        (true, false) => "http.json",
-    };
-    let path = results_dir().join(name);
-    std::fs::create_dir_all(path.parent().expect("a parent")).expect("create bench-results");
-    std::fs::write(
-        &path,
-        serde_json::to_vec_pretty(&report.json).expect("serializes"),
-    )
-    .expect("write the JSON report");
-    eprintln!("wrote {}", path.display());
+    write_report("http", full, settings.perf.is_some(), &report.json);
     report.check(full);
 }
 

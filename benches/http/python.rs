@@ -36,7 +36,7 @@
 use apinode_bench_http::{
     ADMIN_KEY, CEILING_ENV, CLIENT_CORE, CONNECTIONS, Phase, Pinning, Profiler, SERVER_CORE,
     STALL_THRESHOLD, Server, call, cpu_model, http_request, load, node_binary, percent_encode,
-    pin_self, reexecuted_role, results_dir, stall_probes,
+    pin_self, reexecuted_role, stall_probes, write_report,
 };
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -73,19 +73,7 @@ fn main() {
     );
     let report = run(&settings, &pinning);
     print!("{}", report.markdown);
-    let name = match (full, settings.perf.is_some()) {
-        (false, _) => "python-smoke.json",
-        (true, true) => "python-perf.json",
-        (true, false) => "python.json",
-    };
-    let path = results_dir().join(name);
-    std::fs::create_dir_all(path.parent().expect("a parent")).expect("create bench-results");
-    std::fs::write(
-        &path,
-        serde_json::to_vec_pretty(&report.json).expect("serializes"),
-    )
-    .expect("write the JSON report");
-    eprintln!("wrote {}", path.display());
+    write_report("python", full, settings.perf.is_some(), &report.json);
     for (name, phase) in &report.phases {
         assert!(phase.requests > 0, "{name}: no request answered");
         assert_eq!(phase.errors, 0, "{name}: {} errors", phase.errors);
