@@ -116,6 +116,8 @@ pub struct CallResponse {
     pub generation: Arc<str>,
     /// The id of the API key that authenticated the query, if any.
     pub key_id: Option<String>,
+    /// The kind of the endpoint that answered (`dataset-lookup`, `prediction`, ...).
+    pub endpoint_kind: &'static str,
     pub output: Output,
     /// Time spent in the endpoint, in microseconds.
     pub endpoint_micros: u64,
@@ -365,6 +367,7 @@ impl Runtime {
             return Ok(CallResponse {
                 generation: generation.id.clone(),
                 key_id,
+                endpoint_kind: endpoint.kind.as_str(),
                 output: Output::Worker(call),
                 endpoint_micros: 0,
             });
@@ -395,6 +398,7 @@ impl Runtime {
             return Ok(CallResponse {
                 generation: generation.id.clone(),
                 key_id,
+                endpoint_kind: endpoint.kind.as_str(),
                 output: Output::Pending(pending),
                 endpoint_micros: 0,
             });
@@ -417,6 +421,7 @@ impl Runtime {
         Ok(CallResponse {
             generation: generation.id.clone(),
             key_id,
+            endpoint_kind: endpoint.kind.as_str(),
             output: result?,
             endpoint_micros,
         })

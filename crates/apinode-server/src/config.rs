@@ -1,6 +1,7 @@
 //! Node configuration: an optional TOML file, overridden by command-line flags.
 
 use anyhow::Context;
+use apinode_audit::{AuditConfig, Durability, FullPolicy};
 use apinode_lookup::PgConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -36,6 +37,9 @@ pub(crate) struct ConfigFile {
     /// Per-service settings (`[services.<id>]`).
     #[serde(default)]
     pub(crate) services: BTreeMap<String, ServiceFile>,
+    /// The query audit log (`[audit]`).
+    #[serde(default)]
+    pub(crate) audit: AuditFile,
 }
 
 /// `[services.<id>]`.
@@ -46,6 +50,179 @@ pub(crate) struct ServiceFile {
     /// serves a design, a test and a production service on one node.
     #[serde(default)]
     pub(crate) connection_remap: BTreeMap<String, String>,
+}
+
+/// `[audit]`: where the query audit log goes and how durable a record is before its answer.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditFile {
+    /// Whether queries are logged at all (default true).
+    pub(crate) enabled: Option<bool>,
+    /// A directory, `file:///path` or `s3://bucket/prefix` (default `<data_dir>/audit-logs`).
+    pub(crate) store: Option<String>,
+    /// object_store's S3 options (`aws_endpoint`, `aws_region`, ...), for an `s3://` store.
+    #[serde(default)]
+    pub(crate) options: BTreeMap<String, String>,
+    /// Default `<data_dir>/audit-spool`.
+    pub(crate) spool_dir: Option<PathBuf>,
+    /// `async`, `write` (default) or `fsync`.
+    pub(crate) durability: Option<String>,
+    /// `reject` (default) or `drop`.
+    pub(crate) on_full: Option<String>,
+    pub(crate) spool_cap_bytes: Option<u64>,
+    pub(crate) segment_max_bytes: Option<u64>,
+    pub(crate) segment_max_age_ms: Option<u64>,
+    /// Names this node's segments (default: the host name).
+    pub(crate) node_id: Option<String>,
+    pub(crate) deployment_id: Option<String>,
+    /// `[audit.services.<id>]`.
+    #[serde(default)]
+    pub(crate) services: BTreeMap<String, AuditServiceFile>,
+}
+
+/// `[audit.services.<id>]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditServiceFile {
+    /// The fraction of queries logged, 0 to 1 (default 1).
+    pub(crate) sample: Option<f64>,
+    /// Whether inputs and outputs are captured (default true).
+    pub(crate) payloads: Option<bool>,
+    /// Inputs or outputs longer than this (as JSON) are cut (default 65536).
+    pub(crate) max_payload_bytes: Option<usize>,
+}
+
+/// The audit log settings in effect.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditSettings {
+    pub(crate) store: String,
+    pub(crate) options: Vec<(String, String)>,
+    pub(crate) durability: Durability,
+    pub(crate) log: AuditConfig,
+    pub(crate) deployment_id: Option<String>,
+    pub(crate) services: BTreeMap<String, ServicePolicy>,
+}
+
+/// What is logged of one service's queries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ServicePolicy {
+    pub(crate) sample: f64,
+    pub(crate) payloads: bool,
+    pub(crate) max_payload_bytes: usize,
+}
+
+impl Default for ServicePolicy {
+    fn default() -> ServicePolicy {
+        ServicePolicy {
+            sample: 1.0,
+            payloads: true,
+            max_payload_bytes: 64 << 10,
+        }
+    }
+}
+
+impl AuditFile {
+    /// `None` when the log is disabled.
+    fn resolve(self, data_dir: &Path, shown: &str) -> anyhow::Result<Option<AuditSettings>> {
+        if self.enabled == Some(false) {
+            return Ok(None);
+        }
+        let durability = match self.durability.as_deref() {
+            None | Some("write") => Durability::Write,
+            Some("async") => Durability::Async,
+            Some("fsync") => Durability::Fsync,
+            Some(other) => anyhow::bail!(
+                "{shown}: [audit] durability `{other}` is not one of async, write, fsync"
+            ),
+        };
+        let on_full = match self.on_full.as_deref() {
+            None | Some("reject") => FullPolicy::Reject,
+            Some("drop") => FullPolicy::Drop,
+            Some(other) => {
+                anyhow::bail!("{shown}: [audit] on_full `{other}` is not one of reject, drop")
+            }
+        };
+        let node_id = sanitize_node_id(&self.node_id.unwrap_or_else(host_name));
+        let spool_dir = self
+            .spool_dir
+            .unwrap_or_else(|| data_dir.join("audit-spool"));
+        let mut log = AuditConfig::new(spool_dir, node_id);
+        log.on_full = on_full;
+        if let Some(cap) = self.spool_cap_bytes {
+            log.spool_cap_bytes = cap;
+        }
+        if let Some(bytes) = self.segment_max_bytes {
+            anyhow::ensure!(
+                bytes >= 1,
+                "{shown}: [audit] segment_max_bytes must be at least 1"
+            );
+            log.segment_max_bytes = bytes;
+        }
+        if let Some(ms) = self.segment_max_age_ms {
+            anyhow::ensure!(
+                ms >= 1,
+                "{shown}: [audit] segment_max_age_ms must be at least 1"
+            );
+            log.segment_max_age = Duration::from_millis(ms);
+        }
+        let mut services = BTreeMap::new();
+        for (id, s) in self.services {
+            let mut policy = ServicePolicy::default();
+            if let Some(sample) = s.sample {
+                anyhow::ensure!(
+                    (0.0..=1.0).contains(&sample),
+                    "{shown}: [audit.services.{id}] sample must be between 0 and 1, got {sample}"
+                );
+                policy.sample = sample;
+            }
+            if let Some(payloads) = s.payloads {
+                policy.payloads = payloads;
+            }
+            if let Some(max) = s.max_payload_bytes {
+                policy.max_payload_bytes = max;
+            }
+            services.insert(id, policy);
+        }
+        Ok(Some(AuditSettings {
+            store: self
+                .store
+                .unwrap_or_else(|| data_dir.join("audit-logs").to_string_lossy().into_owned()),
+            options: self.options.into_iter().collect(),
+            durability,
+            log,
+            deployment_id: self.deployment_id,
+            services,
+        }))
+    }
+}
+
+/// The machine's host name (Linux), else `HOSTNAME`, else `apinode`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "apinode".to_owned())
+}
+
+/// A node id names files in the spool and the store: letters, digits, `.`, `_` and `-` only.
+fn sanitize_node_id(id: &str) -> String {
+    let id: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if id.is_empty() {
+        "apinode".to_owned()
+    } else {
+        id
+    }
 }
 
 /// `[connections.<name>]`.
@@ -83,6 +260,8 @@ pub(crate) struct NodeConfig {
     pub(crate) connections: BTreeMap<String, PgConfig>,
     pub(crate) connection_remap: BTreeMap<String, String>,
     pub(crate) service_connection_remap: BTreeMap<String, BTreeMap<String, String>>,
+    /// `None`: the audit log is disabled.
+    pub(crate) audit: Option<AuditSettings>,
 }
 
 impl NodeConfig {
@@ -134,13 +313,17 @@ impl NodeConfig {
                 );
             }
         }
+        let data_dir = data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let audit = file
+            .audit
+            .resolve(&data_dir, shown.as_deref().unwrap_or("configuration"))?;
         Ok(NodeConfig {
             bind: bind
                 .or(file.bind)
                 .unwrap_or_else(|| DEFAULT_BIND.parse().expect("valid default address")),
-            data_dir: data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir,
             max_body_bytes: file.max_body_bytes.unwrap_or(16 << 20),
             max_archive_bytes: file.max_archive_bytes.unwrap_or(4 << 30),
             python: file.python.unwrap_or_else(|| PathBuf::from("python3")),
@@ -156,6 +339,7 @@ impl NodeConfig {
                 .into_iter()
                 .map(|(id, s)| (id, s.connection_remap))
                 .collect(),
+            audit,
         })
     }
 }
@@ -226,5 +410,70 @@ dss-warehouse = "warehouse"
             NodeConfig::resolve(Some(&path), None, None).unwrap_err()
         );
         assert!(err.contains("unknown field `pool`"), "{err}");
+    }
+
+    #[test]
+    fn the_audit_section_is_read_with_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let defaults = NodeConfig::resolve(None, Some("/srv/d".into()), None)
+            .unwrap()
+            .audit
+            .unwrap();
+        assert_eq!(defaults.store, "/srv/d/audit-logs");
+        assert_eq!(defaults.log.spool_dir, PathBuf::from("/srv/d/audit-spool"));
+        assert_eq!(defaults.durability, Durability::Write);
+        assert_eq!(defaults.log.on_full, FullPolicy::Reject);
+        assert!(!defaults.log.node_id.is_empty());
+        std::fs::write(
+            &path,
+            r#"
+[audit]
+store = "s3://logs/apinode"
+durability = "fsync"
+on_full = "drop"
+spool_cap_bytes = 1000
+segment_max_age_ms = 250
+node_id = "node 1/a"
+deployment_id = "prod"
+[audit.options]
+aws_endpoint = "http://127.0.0.1:9000"
+[audit.services.shop]
+sample = 0.25
+payloads = false
+"#,
+        )
+        .unwrap();
+        let audit = NodeConfig::resolve(Some(&path), None, None)
+            .unwrap()
+            .audit
+            .unwrap();
+        assert_eq!(audit.store, "s3://logs/apinode");
+        assert_eq!(audit.options[0].0, "aws_endpoint");
+        assert_eq!(audit.durability, Durability::Fsync);
+        assert_eq!(audit.log.on_full, FullPolicy::Drop);
+        assert_eq!(audit.log.spool_cap_bytes, 1000);
+        assert_eq!(audit.log.segment_max_age, Duration::from_millis(250));
+        assert_eq!(audit.log.node_id, "node-1-a");
+        assert_eq!(audit.deployment_id.as_deref(), Some("prod"));
+        let shop = audit.services["shop"];
+        assert_eq!((shop.sample, shop.payloads), (0.25, false));
+        assert_eq!(shop.max_payload_bytes, 64 << 10);
+
+        std::fs::write(&path, "[audit]\nenabled = false\n").unwrap();
+        assert!(
+            NodeConfig::resolve(Some(&path), None, None)
+                .unwrap()
+                .audit
+                .is_none()
+        );
+        std::fs::write(&path, "[audit]\ndurability = \"sometimes\"\n").unwrap();
+        let err = format!(
+            "{:#}",
+            NodeConfig::resolve(Some(&path), None, None).unwrap_err()
+        );
+        assert!(err.contains("sometimes"), "{err}");
+        std::fs::write(&path, "[audit.services.x]\nsample = 2.0\n").unwrap();
+        assert!(NodeConfig::resolve(Some(&path), None, None).is_err());
     }
 }

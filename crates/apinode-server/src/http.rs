@@ -2,6 +2,7 @@
 //! and `/isAlive`. Handlers parse and write JSON and call the runtime; nothing else.
 
 mod admin_api;
+mod audit;
 mod auth;
 mod error;
 mod node_service;
@@ -16,6 +17,7 @@ use axum::routing::{get, post};
 use std::sync::Arc;
 use tower_http::catch_panic::CatchPanicLayer;
 
+pub(crate) use audit::NodeAudit;
 pub(crate) use error::ApiError;
 pub(crate) use node_service::{NodeService, serve_connections};
 
@@ -23,6 +25,8 @@ pub(crate) use node_service::{NodeService, serve_connections};
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
     pub(crate) runtime: Arc<Runtime>,
+    /// `None`: the audit log is disabled.
+    pub(crate) audit: Option<Arc<NodeAudit>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -36,8 +40,12 @@ pub(crate) struct HttpLimits {
 /// The node's service: the user API's hot route answered directly ([`NodeService`]), the
 /// rest through the router, with path normalization in front of it so that the official
 /// client's `//public/...` and trailing slashes reach the same routes.
-pub(crate) fn node_service(runtime: Arc<Runtime>, limits: HttpLimits) -> NodeService {
-    let state = AppState { runtime };
+pub(crate) fn node_service(
+    runtime: Arc<Runtime>,
+    audit: Option<Arc<NodeAudit>>,
+    limits: HttpLimits,
+) -> NodeService {
+    let state = AppState { runtime, audit };
     let router = Router::new()
         .route("/isAlive", get(is_alive))
         .route(
@@ -49,6 +57,10 @@ pub(crate) fn node_service(runtime: Arc<Runtime>, limits: HttpLimits) -> NodeSer
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::admin_middleware,
+        ))
         .with_state(state.clone());
     NodeService::new(state, router, limits.max_body_bytes)
 }

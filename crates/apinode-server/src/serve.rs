@@ -1,7 +1,7 @@
 //! `apinode serve`: open the data directory, load every generation, then listen.
 
 use crate::config::NodeConfig;
-use crate::http::{HttpLimits, node_service, serve_connections};
+use crate::http::{HttpLimits, NodeAudit, node_service, serve_connections};
 use anyhow::Context;
 use apinode_runtime::{Runtime, RuntimeConfig};
 use clap::Args;
@@ -9,6 +9,10 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the shutdown waits for the audit log's last uploads (the rest goes at next start).
+const AUDIT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
@@ -88,15 +92,30 @@ pub(crate) async fn serve(
         max_body_bytes: config.max_body_bytes,
         max_archive_bytes: config.max_archive_bytes,
     };
-    let service = node_service(runtime, limits);
+    let audit = match &config.audit {
+        Some(settings) => Some(Arc::new(NodeAudit::open(settings).await?)),
+        None => None,
+    };
+    let service = node_service(runtime, audit.clone(), limits);
     on_ready(addr);
     // Tests and scripts read this line to learn the port.
     println!("apinode listening on http://{addr}");
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "node ready");
-    serve_connections(listener, service, shutdown_signal())
+    let served = serve_connections(listener, service, shutdown_signal())
         .await
-        .context("the HTTP server failed")
+        .context("the HTTP server failed");
+    // After the drain: every answered query's record is in the spool; seal and upload it.
+    if let Some(audit) = audit
+        && !audit.close(AUDIT_CLOSE_TIMEOUT).await
+    {
+        tracing::warn!(
+            "the audit log's last segments were not all uploaded within {} s: they stay in \
+             the spool and are uploaded at the next start",
+            AUDIT_CLOSE_TIMEOUT.as_secs()
+        );
+    }
+    served
 }
 
 async fn shutdown_signal() {

@@ -316,10 +316,14 @@ async fn metrics(State(state): State<AppState>, _: AdminKey) -> JsonResult {
             )
         })
         .collect();
-    Ok(Json(json!({
+    let mut body = json!({
         "uptimeSeconds": metrics.uptime_seconds,
         "services": services,
-    })))
+    });
+    if let Some(audit) = &state.audit {
+        body["audit"] = audit.metrics_json();
+    }
+    Ok(Json(body))
 }
 
 fn key_json(k: &apinode_runtime::AdminKeyInfo) -> Value {

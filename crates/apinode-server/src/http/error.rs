@@ -46,6 +46,23 @@ impl ApiError {
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "NotFound", message)
     }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// `errorType` as the body says it.
+    pub(crate) fn error_type(&self) -> String {
+        if self.prefixed {
+            format!("{ERROR_PREFIX}{}", self.error_type)
+        } else {
+            self.error_type.clone().into_owned()
+        }
+    }
+
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl From<Error> for ApiError {
@@ -165,11 +182,7 @@ fn classify_scoring(error: &apinode_scoring::Error) -> (StatusCode, &'static str
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let error_type = if self.prefixed {
-            format!("{ERROR_PREFIX}{}", self.error_type)
-        } else {
-            self.error_type.into_owned()
-        };
+        let error_type = self.error_type();
         let body = serde_json::json!({
             "errorType": error_type,
             "message": self.message,

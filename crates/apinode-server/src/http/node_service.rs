@@ -8,6 +8,7 @@
 //! (no `//`, no trailing slash, no percent-escapes) goes straight to
 //! [`user_api::answer`], the same function the axum route calls, so both answer alike.
 
+use super::audit::{ClientAddr, QueryAudit, finish_query};
 use super::auth::PresentedCredentials;
 use super::user_api;
 use super::{ApiError, AppState, add_version_headers, normalize_path, panic_response};
@@ -22,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -48,18 +50,43 @@ impl NodeService {
         }
     }
 
-    /// Answers one request; never fails (errors are JSON answers).
-    pub(crate) async fn handle(self, request: Request<Incoming>) -> Response<Body> {
+    /// Answers one request; never fails (errors are JSON answers). `peer` is the client's
+    /// address (for the audit log).
+    pub(crate) async fn handle(
+        self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
         let start = Instant::now();
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         if let Some(route) = hot_route(&parts.method, &parts.uri) {
-            let mut response = self
-                .user_query(&parts, route, body, start)
+            let mut audit = self
+                .state
+                .audit
+                .as_ref()
+                .and_then(|a| a.begin(route.0, route.1, Some(peer)));
+            let response = self
+                .user_query(&parts, route, body, start, audit.as_mut())
                 .await
-                .unwrap_or_else(axum::response::IntoResponse::into_response);
+                .unwrap_or_else(|e| {
+                    if let Some(audit) = audit.as_mut() {
+                        audit.fail(&e);
+                    }
+                    axum::response::IntoResponse::into_response(e)
+                });
+            let mut response = finish_query(
+                &self.state,
+                audit,
+                response,
+                start,
+                (route.0, route.1),
+                Some(peer),
+            )
+            .await;
             add_version_headers(&mut response);
             return response;
         }
+        parts.extensions.insert(ClientAddr(peer));
         let request = normalize_path(Request::from_parts(parts, Body::new(body)));
         match self.router.oneshot(request).await {
             Ok(response) => response,
@@ -73,6 +100,7 @@ impl NodeService {
         (service, endpoint, action): (&str, &str, &str),
         body: Incoming,
         start: Instant,
+        mut audit: Option<&mut QueryAudit>,
     ) -> Result<Response<Body>, ApiError> {
         let credentials = PresentedCredentials::from_headers(&parts.headers)?;
         let body = Limited::new(body, self.max_body_bytes)
@@ -98,19 +126,18 @@ impl NodeService {
         let answered = std::panic::catch_unwind(AssertUnwindSafe(|| {
             user_api::answer(
                 &self.state,
-                service,
-                endpoint,
-                action,
+                (service, endpoint, action),
                 &credentials,
                 &body,
                 start,
+                audit.as_deref_mut(),
             )
         }))
         .unwrap_or_else(|panic| Ok(user_api::Answered::Now(panic_response(panic))))?;
-        Ok(match answered {
-            user_api::Answered::Now(response) => response,
-            user_api::Answered::Later(pending) => pending.finish().await,
-        })
+        match answered {
+            user_api::Answered::Now(response) => Ok(response),
+            user_api::Answered::Later(pending) => pending.finish(audit).await,
+        }
     }
 }
 
@@ -163,7 +190,7 @@ pub(crate) async fn serve_connections(
             TokioIo::new(stream),
             hyper::service::service_fn(move |request| {
                 let service = service.clone();
-                async move { Ok::<_, Infallible>(service.handle(request).await) }
+                async move { Ok::<_, Infallible>(service.handle(request, peer).await) }
             }),
         );
         let connection = graceful.watch(connection);

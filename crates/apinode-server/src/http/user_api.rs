@@ -1,18 +1,20 @@
 //! `POST /public/api/v1/{service}/{endpoint}/{action}`: parse the body, call the runtime,
 //! write the protocol's response.
 
+use super::audit::{ClientAddr, QueryAudit, finish_query};
 use super::auth::PresentedCredentials;
 use super::{ApiError, AppState};
 use apinode_runtime::{
     Action, CallRequest, Dispatch, LookupItem, LookupOutput, Output, PendingOutput, PredictOutput,
     Resolved, WorkerCall, WorkerOutput,
 };
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde_json::Value;
 use serde_json::value::RawValue;
+use serde_json::{Value, json};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,21 +24,47 @@ use std::time::Instant;
 pub(super) async fn call(
     State(state): State<AppState>,
     Path((service, endpoint, route)): Path<(String, String, String)>,
-    credentials: PresentedCredentials,
+    credentials: Result<PresentedCredentials, ApiError>,
+    client: Option<Extension<ClientAddr>>,
     body: Bytes,
-) -> Result<Response, ApiError> {
-    match answer(
+) -> Response {
+    let start = Instant::now();
+    let client = client.map(|c| c.0.0);
+    let mut audit = state
+        .audit
+        .as_ref()
+        .and_then(|a| a.begin(&service, &endpoint, client));
+    let answered = match credentials {
+        Ok(credentials) => answer(
+            &state,
+            (&service, &endpoint, &route),
+            &credentials,
+            &body,
+            start,
+            audit.as_mut(),
+        ),
+        Err(e) => Err(e),
+    };
+    let response = match answered {
+        Ok(Answered::Now(response)) => Ok(response),
+        Ok(Answered::Later(pending)) => pending.finish(audit.as_mut()).await,
+        Err(e) => Err(e),
+    };
+    let response = response.unwrap_or_else(|e| {
+        if let Some(audit) = audit.as_mut() {
+            audit.fail(&e);
+        }
+        e.into_response()
+    });
+    finish_query(
         &state,
-        &service,
-        &endpoint,
-        &route,
-        &credentials,
-        &body,
-        Instant::now(),
-    )? {
-        Answered::Now(response) => Ok(response),
-        Answered::Later(pending) => Ok(pending.finish().await),
-    }
+        audit,
+        response,
+        start,
+        (&service, &endpoint),
+        client,
+    )
+    .await
 }
 
 /// A user query's answer: written already, or waiting on a Python or R endpoint's workers
@@ -63,8 +91,11 @@ pub(super) struct PendingAnswer {
 }
 
 impl PendingAnswer {
-    /// Waits for the workers (or the I/O) and writes the response (or the error).
-    pub(super) async fn finish(self) -> Response {
+    /// Waits for the workers (or the I/O) and writes the response (or returns the error).
+    pub(super) async fn finish(
+        self,
+        mut audit: Option<&mut QueryAudit>,
+    ) -> Result<Response, ApiError> {
         let PendingAnswer {
             call,
             service,
@@ -73,66 +104,82 @@ impl PendingAnswer {
             action,
             start,
         } = self;
+        let mut write = |body: Body<'_>| {
+            record_outputs(audit.as_deref_mut(), &body);
+            write_response(&service, &endpoint, &generation, body, start, action)
+        };
         let call = match call {
             Waiting::Worker(call) => call,
             Waiting::Output(pending) => {
-                let write = |body: Body<'_>| {
-                    write_response(&service, &endpoint, &generation, body, start, action)
-                };
-                return match pending.finish().await {
-                    Ok(Resolved {
+                return match pending.finish().await? {
+                    Resolved {
                         output: Output::Lookup(lookup),
                         endpoint_micros,
-                    }) => write(Body::Lookup(&lookup, endpoint_micros)),
-                    Ok(Resolved {
+                    } => Ok(write(Body::Lookup(&lookup, endpoint_micros))),
+                    Resolved {
                         output: Output::Predict(predict),
                         ..
-                    }) => write(Body::Predict(&predict)),
-                    Ok(_) => ApiError::new(
+                    } => Ok(write(Body::Predict(&predict))),
+                    _ => Err(ApiError::new(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "InternalError",
                         "a pending answer resolved to another pending answer",
-                    )
-                    .into_response(),
-                    Err(e) => ApiError::from(e).into_response(),
+                    )),
                 };
             }
         };
-        match call.finish().await {
-            Ok(WorkerOutput::Run {
+        Ok(match call.finish().await? {
+            WorkerOutput::Run {
                 response,
                 execution_micros,
-            }) => write_response(
-                &service,
-                &endpoint,
-                &generation,
-                Body::Run(&response, execution_micros),
-                start,
-                action,
-            ),
-            Ok(WorkerOutput::Predict(predict)) => write_response(
-                &service,
-                &endpoint,
-                &generation,
-                Body::Predict(&predict),
-                start,
-                action,
-            ),
-            Err(e) => ApiError::from(e).into_response(),
+            } => write(Body::Run(&response, execution_micros)),
+            WorkerOutput::Predict(predict) => write(Body::Predict(&predict)),
+        })
+    }
+}
+
+/// Hands a logged query's outputs (per item) and timing to its audit.
+fn record_outputs(audit: Option<&mut QueryAudit>, body: &Body<'_>) {
+    let Some(audit) = audit else {
+        return;
+    };
+    match body {
+        Body::Lookup(lookup, micros) => {
+            audit.timing("lookup", *micros);
+            for item in &lookup.items {
+                match item {
+                    LookupItem::Data(_) => audit.output(lookup.data(item).unwrap_or(b"null")),
+                    LookupItem::Ignored { reason } if audit.wants_payloads() => {
+                        audit.output_value(json!({"ignored": true, "ignoreReason": reason}))
+                    }
+                    LookupItem::Ignored { .. } => audit.output_value(Value::Null),
+                }
+            }
+        }
+        Body::Predict(predict) => {
+            audit.timing("enrich", predict.enrich_micros);
+            audit.timing("prediction", predict.predict_micros);
+            for i in 0..predict.items.len() {
+                audit.output(predict.result(i));
+            }
+        }
+        Body::Run(response, micros) => {
+            audit.timing("execution", *micros);
+            audit.output(response.get().as_bytes());
         }
     }
 }
 
 /// Answers one user query: parses the body, calls the runtime, writes the protocol's
-/// response. `start` is when the request reached the node (for `timing.total`).
+/// response. `start` is when the request reached the node (for `timing.total`); `audit`, the
+/// query's audit when it is logged, gets the parsed body and the outputs.
 pub(super) fn answer(
     state: &AppState,
-    service: &str,
-    endpoint: &str,
-    route: &str,
+    (service, endpoint, route): (&str, &str, &str),
     credentials: &PresentedCredentials,
     body: &[u8],
     start: Instant,
+    mut audit: Option<&mut QueryAudit>,
 ) -> Result<Answered, ApiError> {
     let action = Action::from_route(route).ok_or_else(|| {
         ApiError::not_found(format!(
@@ -149,7 +196,11 @@ pub(super) fn answer(
         dispatch,
         credentials: credentials.as_credentials(),
     };
-    let response = match state.runtime.call(&request) {
+    let called = state.runtime.call(&request);
+    if let Some(audit) = audit.as_deref_mut() {
+        audit.request(action, body);
+    }
+    let response = match called {
         Ok(response) => response,
         Err(e) => {
             if matches!(e, apinode_runtime::Error::Unauthorized(_)) {
@@ -159,8 +210,13 @@ pub(super) fn answer(
         }
     };
     let generation = response.generation;
-    let write =
-        |body: Body<'_>| write_response(service, endpoint, &generation, body, start, action);
+    if let Some(audit) = audit.as_deref_mut() {
+        audit.answered_by(&generation, response.key_id, response.endpoint_kind);
+    }
+    let write = |body: Body<'_>| {
+        record_outputs(audit, &body);
+        write_response(service, endpoint, &generation, body, start, action)
+    };
     Ok(match response.output {
         Output::Lookup(lookup) => {
             Answered::Now(write(Body::Lookup(&lookup, response.endpoint_micros)))

@@ -2,6 +2,8 @@
 //! loopback port, query over HTTP, restart on the same data directory; `apinode model` on the
 //! Dataiku exports generated for the scoring differential test.
 
+mod audit;
+
 use reqwest::blocking::{Client, Response};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};

@@ -1,0 +1,426 @@
+//! The query audit log end to end: records of each route, of auth failures and of admin
+//! mutations in the store's layout; nothing lost across a `kill -9`; the spool cap's policies.
+
+use super::{Node, admin, build_bundle, json_of, lookup};
+use reqwest::blocking::Client;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Starts a node with `config` (TOML) as its configuration file.
+fn start_with(data_dir: &Path, config: &str) -> Node {
+    std::fs::create_dir_all(data_dir).unwrap();
+    let path = data_dir.with_extension("toml");
+    std::fs::write(&path, config).unwrap();
+    Node::spawn("serve", data_dir, &["--config", path.to_str().unwrap()]).0
+}
+
+/// Creates the `shop` service from a fresh bundle and activates it.
+fn shop(client: &Client, dir: &Path, url: &str) {
+    let v1 = build_bundle(dir, "v1", "Paris");
+    let (status, _) = json_of(
+        admin(
+            client,
+            reqwest::Method::POST,
+            format!("{url}/admin/api/services"),
+        )
+        .body(r#"{"serviceId": "shop"}"#)
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(status, 200);
+    let (status, _) = json_of(
+        admin(
+            client,
+            reqwest::Method::POST,
+            format!("{url}/admin/api/services/shop/generations/actions/upload"),
+        )
+        .body(std::fs::read(&v1).unwrap())
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(status, 200);
+    let (status, _) = json_of(
+        admin(
+            client,
+            reqwest::Method::POST,
+            format!("{url}/admin/api/services/shop/actions/switchToNewest"),
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(status, 200);
+}
+
+fn audit_metrics(client: &Client, url: &str) -> Value {
+    let (status, body) = json_of(
+        admin(
+            client,
+            reqwest::Method::GET,
+            format!("{url}/admin/api/metrics"),
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(status, 200, "{body}");
+    body["audit"].clone()
+}
+
+/// Waits until the spool is empty (everything uploaded).
+fn wait_drained(client: &Client, url: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = audit_metrics(client, url);
+        if metrics["spoolBytes"] == 0 && metrics["queued"] == metrics["written"] {
+            return metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the spool did not drain: {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every record in the store, with the file it is in (relative to the store).
+fn store_records(store: &Path) -> Vec<(String, Value)> {
+    let mut records = Vec::new();
+    for path in super::walk(store) {
+        let relative = path
+            .strip_prefix(store)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            records.push((relative.clone(), serde_json::from_str(line).unwrap()));
+        }
+    }
+    records
+}
+
+/// `service=shop/date=YYYY-MM-DD/hour=HH/<node>-<seq>.jsonl` (or `_auth/...`, `_admin/...`).
+fn well_placed(file: &str, folder: &str, node: &str, record: &Value) -> bool {
+    let parts: Vec<&str> = file.split('/').collect();
+    let time = record["time"].as_str().unwrap();
+    parts.len() == 4
+        && parts[0] == folder
+        && parts[1] == format!("date={}", &time[..10])
+        && parts[2] == format!("hour={}", &time[11..13])
+        && parts[3].starts_with(&format!("{node}-"))
+        && parts[3].ends_with(".jsonl")
+}
+
+#[test]
+fn queries_auth_failures_and_admin_mutations_are_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let node = start_with(
+        &data_dir,
+        "[audit]\nnode_id = \"n1\"\ndeployment_id = \"prod\"\nsegment_max_age_ms = 100\n",
+    );
+    let url = node.url.clone();
+    let client = Client::new();
+    shop(&client, dir.path(), &url);
+
+    let response = client
+        .post(format!("{url}/public/api/v1/shop/customer/lookup"))
+        .body(r#"{"data": {"id": 1}, "context": {"rid": "one"}}"#)
+        .send()
+        .unwrap();
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(request_id.len(), 32);
+    assert_eq!(response.status(), 200);
+    // Through the router (a path that needs normalizing) too.
+    let (status, _) = json_of(
+        client
+            .post(format!("{url}//public/api/v1/shop/customer/lookup-multi/"))
+            .body(r#"{"items": [{"data": {"id": 2}}, {"data": {"id": 9}}], "context": {"rid": "multi"}}"#)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 200);
+    let (status, _) = lookup(
+        &client,
+        &url,
+        r#"{"data": {"id": "x"}, "context": {"rid": "bad"}}"#,
+    );
+    assert_eq!(status, 400);
+    // An admin request without the key.
+    let (status, _) = json_of(
+        client
+            .post(format!("{url}/admin/api/services/shop/actions/disable"))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 401);
+
+    let metrics = wait_drained(&client, &url);
+    assert!(metrics["uploaded"].as_u64().unwrap() >= 8, "{metrics}");
+    let records = store_records(&data_dir.join("audit-logs"));
+    let queries: HashMap<&str, Vec<&Value>> =
+        records
+            .iter()
+            .fold(HashMap::new(), |mut by_rid, (file, record)| {
+                if let Some(rid) = record["context"]["rid"].as_str() {
+                    assert!(
+                        well_placed(file, "service=shop", "n1", record),
+                        "{file}: {record}"
+                    );
+                    by_rid.entry(rid).or_default().push(record);
+                }
+                by_rid
+            });
+
+    let one = queries["one"][0];
+    assert_eq!(queries["one"].len(), 1);
+    assert_eq!(one["request_id"], request_id.as_str());
+    assert_eq!(
+        (
+            &one["service"],
+            &one["endpoint"],
+            &one["endpoint_kind"],
+            &one["generation"],
+            &one["deployment_id"],
+            &one["status"],
+        ),
+        (
+            &json!("shop"),
+            &json!("customer"),
+            &json!("dataset-lookup"),
+            &json!("v1"),
+            &json!("prod"),
+            &json!(200)
+        )
+    );
+    assert_eq!(one["inputs"], json!({"id": 1}));
+    assert_eq!(
+        one["outputs"],
+        json!({"id": 1, "name": "Ann", "city": "Paris", "joined": "2024-01-31"})
+    );
+    assert!(
+        one["client_address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert!(one["timing"]["total"].is_u64() && one["timing"]["lookup"].is_u64());
+    assert!(one.get("item").is_none() && one.get("error_type").is_none());
+
+    let multi = &queries["multi"];
+    assert_eq!(multi.len(), 2);
+    assert_eq!(multi[0]["request_id"], multi[1]["request_id"]);
+    let mut items: Vec<_> = multi.iter().map(|r| r["item"].as_u64().unwrap()).collect();
+    items.sort();
+    assert_eq!(items, [0, 1]);
+    let by_item = |i: u64| multi.iter().find(|r| r["item"] == i).unwrap();
+    assert_eq!(by_item(0)["inputs"], json!({"id": 2}));
+    assert_eq!(by_item(0)["outputs"]["name"], "Bob");
+    assert_eq!(by_item(1)["inputs"], json!({"id": 9}));
+    assert_eq!(by_item(1)["outputs"]["ignored"], true);
+
+    let bad = queries["bad"][0];
+    assert_eq!(bad["status"], 400);
+    assert_eq!(
+        bad["error_type"],
+        "com.dataiku.dip.apinode.InvalidLookupKey"
+    );
+    assert!(bad["error_message"].as_str().unwrap().contains("id"));
+
+    let auth: Vec<_> = records
+        .iter()
+        .filter(|(file, _)| file.starts_with("_auth/"))
+        .collect();
+    assert_eq!(auth.len(), 1, "{auth:?}");
+    let (file, record) = auth[0];
+    assert!(well_placed(file, "_auth", "n1", record), "{file}");
+    assert_eq!(record["status"], 401);
+    assert_eq!(
+        record["context"]["path"],
+        "/admin/api/services/shop/actions/disable"
+    );
+
+    let admin: Vec<&Value> = records
+        .iter()
+        .filter(|(file, _)| file.starts_with("_admin/"))
+        .map(|(_, r)| r)
+        .collect();
+    let paths: Vec<&str> = admin
+        .iter()
+        .map(|r| r["context"]["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/admin/api/services",
+            "/admin/api/services/shop/generations/actions/upload",
+            "/admin/api/services/shop/actions/switchToNewest"
+        ]
+    );
+    assert!(admin.iter().all(|r| r["api_key_id"].is_string()
+        && r["status"] == 200
+        && r["service"] == "shop"
+        || r["context"]["path"] == "/admin/api/services"));
+    assert_eq!(admin[1]["generation"], "v1");
+    node.stop();
+}
+
+/// Every answered query (a 200 the clients got) has exactly one record in the store, though
+/// the node was killed with SIGKILL in the middle of the load and restarted.
+#[test]
+fn nothing_answered_is_lost_when_the_node_is_killed() {
+    const QUERIES: usize = 2000;
+    const CLIENTS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    // Segments stay open for the whole run: what the clients got back is only in `.open`
+    // spool files when the node dies.
+    let config = "[audit]\nnode_id = \"n1\"\ndurability = \"write\"\nsegment_max_age_ms = 600000\n";
+    let mut node = start_with(&data_dir, config);
+    let url = node.url.clone();
+    let client = Client::new();
+    shop(&client, dir.path(), &url);
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (next, answered, stop, url) =
+                (next.clone(), answered.clone(), stop.clone(), url.clone());
+            std::thread::spawn(move || {
+                let client = Client::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= QUERIES {
+                        break;
+                    }
+                    let rid = format!("q{i}");
+                    let body = json!({"data": {"id": 1 + i % 2}, "context": {"rid": rid}});
+                    match client
+                        .post(format!("{url}/public/api/v1/shop/customer/lookup"))
+                        .body(body.to_string())
+                        .send()
+                    {
+                        Ok(response) if response.status() == 200 => {
+                            answered.lock().unwrap().push(rid)
+                        }
+                        Ok(response) => panic!("query {i}: {}", response.status()),
+                        // The node is gone.
+                        Err(_) => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    while next.load(Ordering::Relaxed) < QUERIES / 2 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    node.child.kill().unwrap(); // SIGKILL
+    node.child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let answered = answered.lock().unwrap().clone();
+    assert!(
+        answered.len() >= QUERIES / 4,
+        "only {} answered",
+        answered.len()
+    );
+    assert!(
+        answered.len() < QUERIES,
+        "the node was killed before the end"
+    );
+
+    let node = start_with(&data_dir, config);
+    wait_drained(&client, &node.url);
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for (_, record) in store_records(&data_dir.join("audit-logs")) {
+        if let Some(rid) = record["context"]["rid"].as_str() {
+            *counts.entry(rid.to_owned()).or_default() += 1;
+        }
+    }
+    let missing: Vec<_> = answered
+        .iter()
+        .filter(|r| !counts.contains_key(*r))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} answered queries have no record: {:?}",
+        missing.len(),
+        answered.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "records written twice: {twice:?}");
+    eprintln!(
+        "{} answered before the kill, {} records in the store",
+        answered.len(),
+        counts.len()
+    );
+    node.stop();
+}
+
+/// A store that fails every put for the service (its folder is a file): with a tiny spool
+/// cap, `reject` answers 503 and `drop` answers and counts.
+#[test]
+fn a_full_spool_rejects_or_drops() {
+    for policy in ["reject", "drop"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let store: PathBuf = dir.path().join("store");
+        std::fs::create_dir_all(&store).unwrap();
+        std::fs::write(store.join("service=shop"), "in the way").unwrap();
+        let node = start_with(
+            &data_dir,
+            &format!(
+                "[audit]\nstore = \"{}\"\non_full = \"{policy}\"\nspool_cap_bytes = 1\n\
+                 segment_max_age_ms = 50\n",
+                store.display()
+            ),
+        );
+        let client = Client::new();
+        shop(&client, dir.path(), &node.url);
+        // The admin records drain (their folder is fine); the first query's record does not.
+        wait_drained(&client, &node.url);
+        let statuses: Vec<(u16, Value)> = (0..5)
+            .map(|_| lookup(&client, &node.url, r#"{"data": {"id": 1}}"#))
+            .collect();
+        let metrics = audit_metrics(&client, &node.url);
+        assert_eq!(statuses[0].0, 200, "{statuses:?}");
+        match policy {
+            "reject" => {
+                let (status, body) = &statuses[4];
+                assert_eq!(*status, 503, "{statuses:?}");
+                assert_eq!(
+                    body["errorType"],
+                    "com.dataiku.dip.apinode.ServiceUnavailable"
+                );
+                assert!(
+                    body["message"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("the audit log cannot keep up: "),
+                    "{body}"
+                );
+                assert!(metrics["rejected"].as_u64().unwrap() >= 4, "{metrics}");
+            }
+            _ => {
+                assert!(statuses.iter().all(|(s, _)| *s == 200), "{statuses:?}");
+                assert!(metrics["dropped"].as_u64().unwrap() >= 4, "{metrics}");
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while audit_metrics(&client, &node.url)["uploadFailures"] == 0 {
+            assert!(Instant::now() < deadline, "no upload failed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(node);
+    }
+}
