@@ -279,7 +279,10 @@ def test_a_generation_switch_under_load(node, workers, apinode_bin, tmp_path):
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         running = [pool.submit(hammer) for _ in range(4)]
-        time.sleep(0.5)
+        # Switch once the load is on (v1 has answered), not after a fixed time.
+        deadline = time.monotonic() + 10
+        while not sums and time.monotonic() < deadline:
+            time.sleep(0.01)
         deploy_version(node, apinode_bin, folder, "v2")
         for f in running:
             f.result()
