@@ -11,7 +11,7 @@ mod user_api;
 use apinode_runtime::Runtime;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::sync::Arc;
@@ -145,11 +145,16 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     .into_response()
 }
 
+/// Header names are case-insensitive; built once rather than parsed from text per answer
+/// (the parse showed in the node's profile).
+const DSS_API_VERSION: HeaderName = HeaderName::from_static("dss-api-version");
+const DSS_VERSION: HeaderName = HeaderName::from_static("dss-version");
+
 fn add_version_headers(response: &mut Response) {
     let headers = response.headers_mut();
-    headers.insert("DSS-API-Version", HeaderValue::from_static("1"));
+    headers.insert(DSS_API_VERSION, HeaderValue::from_static("1"));
     headers.insert(
-        "DSS-Version",
+        DSS_VERSION,
         HeaderValue::from_static(concat!("apinode-", env!("CARGO_PKG_VERSION"))),
     );
 }
