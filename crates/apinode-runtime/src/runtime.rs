@@ -358,12 +358,7 @@ impl Runtime {
                     return Err(e);
                 }
             };
-            let (held, name) = (generation.clone(), request.endpoint.to_owned());
-            call.on_done = Box::new(move |items, micros, ok| {
-                if let Some(endpoint) = held.endpoints.get(&name) {
-                    endpoint.stats.record(items, micros, ok);
-                }
-            });
+            call.on_done = record_when_done(generation, request.endpoint);
             return Ok(CallResponse {
                 generation: generation.id.clone(),
                 key_id,
@@ -384,16 +379,11 @@ impl Runtime {
                     return Err(e);
                 }
             };
-            let (held, name) = (generation.clone(), request.endpoint.to_owned());
             let pending = PendingOutput::lookup(
                 lookup.query(&records),
                 records.len(),
                 request.action == Action::LookupMulti,
-                Box::new(move |items, micros, ok| {
-                    if let Some(endpoint) = held.endpoints.get(&name) {
-                        endpoint.stats.record(items, micros, ok);
-                    }
-                }),
+                record_when_done(generation, request.endpoint),
             );
             return Ok(CallResponse {
                 generation: generation.id.clone(),
@@ -1029,6 +1019,17 @@ fn write_match(lookup: &apinode_lookup::Lookup, found: Match, buffer: &mut Vec<u
     let start = buffer.len();
     lookup.write_row(row, buffer);
     LookupItem::Data(start..buffer.len())
+}
+
+/// Records an asynchronous answer in its endpoint's metrics when it is done (the generation
+/// is held until then, like the answer itself).
+fn record_when_done(generation: &Arc<LoadedGeneration>, endpoint: &str) -> crate::workers::OnDone {
+    let (held, name) = (generation.clone(), endpoint.to_owned());
+    Box::new(move |items, micros, ok| {
+        if let Some(endpoint) = held.endpoints.get(&name) {
+            endpoint.stats.record(items, micros, ok);
+        }
+    })
 }
 
 /// The `features` of every item of a `predict-multi` body.
