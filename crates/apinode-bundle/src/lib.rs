@@ -43,7 +43,8 @@ pub use bundle::Bundle;
 pub use dataset::{arrow_type, column_type_of, normalize_dataset};
 pub use error::{Error, Result};
 pub use validate::{
-    count_sql_placeholders, is_sha256_hex, is_valid_id, is_valid_version, validate_manifest,
+    count_sql_placeholders, is_sha256_hex, is_valid_id, is_valid_version, number_sql_placeholders,
+    sql_placeholders, validate_manifest,
 };
 
 /// The name of the spec file at the root of a service folder.

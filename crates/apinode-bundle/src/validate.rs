@@ -36,19 +36,68 @@ pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// Counts the `?` placeholders of a SQL statement, ignoring those inside single-quoted string
-/// literals (a doubled `''` inside a literal is an escaped quote).
-pub fn count_sql_placeholders(sql: &str) -> usize {
-    let mut in_string = false;
-    let mut count = 0;
-    for c in sql.chars() {
-        match c {
-            '\'' => in_string = !in_string,
-            '?' if !in_string => count += 1,
-            _ => {}
-        }
+/// The byte offsets of a SQL statement's `?` placeholders, skipping those inside string
+/// literals (`'...'`, a doubled `''` escaping a quote, and PostgreSQL's `$tag$...$tag$`),
+/// quoted identifiers (`"..."`) and comments (`-- ...` to the end of the line, `/* ... */`).
+pub fn sql_placeholders(sql: &str) -> Vec<usize> {
+    let bytes = sql.as_bytes();
+    let mut found = Vec::new();
+    let mut i = 0;
+    // Skips to just after the next `close` from `from`, or to the end.
+    let skip_to = |from: usize, close: &[u8]| {
+        bytes[from..]
+            .windows(close.len())
+            .position(|w| w == close)
+            .map_or(bytes.len(), |p| from + p + close.len())
+    };
+    while i < bytes.len() {
+        i = match bytes[i] {
+            b'?' => {
+                found.push(i);
+                i + 1
+            }
+            // A doubled quote inside a literal reads as the literal closing and reopening.
+            b'\'' => skip_to(i + 1, b"'"),
+            b'"' => skip_to(i + 1, b"\""),
+            b'-' if bytes.get(i + 1) == Some(&b'-') => skip_to(i + 2, b"\n"),
+            b'/' if bytes.get(i + 1) == Some(&b'*') => skip_to(i + 2, b"*/"),
+            b'$' => match dollar_tag(&bytes[i..]) {
+                Some(tag) => skip_to(i + tag.len(), tag),
+                None => i + 1,
+            },
+            _ => i + 1,
+        };
     }
-    count
+    found
+}
+
+/// `$tag$` or `$$` at the start of `rest` (a dollar-quoted string's opening), not `$1`.
+fn dollar_tag(rest: &[u8]) -> Option<&[u8]> {
+    let end = rest[1..].iter().position(|&b| b == b'$')? + 1;
+    let tag = &rest[1..end];
+    let valid = tag.first().is_none_or(|b| !b.is_ascii_digit())
+        && tag.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_');
+    valid.then_some(&rest[..=end])
+}
+
+/// Counts the `?` placeholders of a SQL statement (see [`sql_placeholders`]).
+pub fn count_sql_placeholders(sql: &str) -> usize {
+    sql_placeholders(sql).len()
+}
+
+/// The statement with its `?` placeholders numbered `$1`, `$2`, ... in order, the form
+/// PostgreSQL and DataFusion bind positionally.
+pub fn number_sql_placeholders(sql: &str) -> String {
+    let mut numbered = String::with_capacity(sql.len() + 8);
+    let mut last = 0;
+    for (n, at) in sql_placeholders(sql).into_iter().enumerate() {
+        numbered.push_str(&sql[last..at]);
+        numbered.push('$');
+        numbered.push_str(&(n + 1).to_string());
+        last = at + 1;
+    }
+    numbered.push_str(&sql[last..]);
+    numbered
 }
 
 fn check_id(file: &str, path: &str, value: &str, what: &str) -> Result<()> {
@@ -1077,6 +1126,20 @@ mod tests {
             2
         );
         assert_eq!(count_sql_placeholders("SELECT 1"), 0);
+    }
+
+    #[test]
+    fn placeholders_outside_identifiers_comments_and_dollar_quotes() {
+        let sql =
+            "SELECT \"why?\", $$a ? b$$, $q$?$q$ -- is it?\nFROM t /* ? */ WHERE a = ? AND b = $1";
+        assert_eq!(count_sql_placeholders(sql), 1);
+        assert_eq!(
+            number_sql_placeholders("SELECT ? + ?, '?' FROM t WHERE k = ?"),
+            "SELECT $1 + $2, '?' FROM t WHERE k = $3"
+        );
+        // An unterminated literal hides the rest of the statement, as the database reads it.
+        assert_eq!(count_sql_placeholders("SELECT 'open ? FROM t"), 0);
+        assert_eq!(sql_placeholders("?é?"), vec![0, 3]);
     }
 
     #[test]

@@ -85,4 +85,17 @@ pub enum Error {
         keys: String,
         count: usize,
     },
+    /// A SQL query's parameter is missing, not declared, or not of its declared type: fix
+    /// the query.
+    #[error("parameter `{name}`: {message}")]
+    Parameter { name: String, message: String },
+    /// A SQL statement cannot run as written (syntax, an unknown table or column, a type
+    /// mismatch, a statement bundled data does not allow): fix the endpoint. `statement`
+    /// indexes the endpoint's statements.
+    #[error("statements[{statement}]: {message}")]
+    InvalidStatement { statement: usize, message: String },
+    /// A SQL statement failed on the values it was given (a data exception, a constraint
+    /// violated): fix the query's values.
+    #[error("statements[{statement}]: {message}")]
+    StatementRejected { statement: usize, message: String },
 }

@@ -21,11 +21,15 @@
 //! never matches; a query allocates nothing proportional to the table.
 
 mod error;
+mod exec;
 mod index;
 mod json;
 mod key;
 mod lookup;
 mod pg;
+mod sql;
+#[cfg(feature = "datafusion")]
+mod sql_bundled;
 mod table;
 
 pub use error::{Error, Result};
@@ -38,4 +42,9 @@ pub use pg::{
     Answer, DEFAULT_CONNECTION, ItemError, PgConfig, PgConnection, ReferencedLookup,
     ReferencedQuery, TableLoader, Written, pg_type_name, quote_table,
 };
+pub use sql::{
+    ParamValue, ReferencedSql, SqlAnswer, SqlColumn, SqlConfig, SqlParam, SqlQuery, SqlStatement,
+};
+#[cfg(feature = "datafusion")]
+pub use sql_bundled::BundledSql;
 pub use table::{MAX_ROWS, Table};

@@ -15,6 +15,7 @@
 //! [`pg_type_name`] is the reverse mapping, used to create tables.
 
 use crate::error::{Error, Result};
+use crate::exec::PG;
 use crate::key::KeyType;
 use crate::lookup::{
     IgnoreReason, Key, LookupConfig, Match, OutputColumn, Outputs, check_config, decide,
@@ -28,7 +29,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::{Map, Value};
 use std::ops::Range;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{NoTls, Row};
@@ -57,42 +58,6 @@ impl PgConfig {
             statement_timeout: Duration::from_secs(5),
         }
     }
-}
-
-/// The runtime every statement runs on.
-fn executor() -> Result<&'static tokio::runtime::Runtime> {
-    static EXECUTOR: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    if let Some(runtime) = EXECUTOR.get() {
-        return Ok(runtime);
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("apinode-pg")
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Config(format!("cannot start the PostgreSQL executor: {e}")))?;
-    Ok(EXECUTOR.get_or_init(|| runtime))
-}
-
-/// Runs `work` on the executor and waits for it (from any runtime, or none).
-async fn on_executor<T: Send + 'static>(
-    work: impl Future<Output = T> + Send + 'static,
-) -> Result<T> {
-    executor()?
-        .spawn(work)
-        .await
-        .map_err(|e| Error::Config(format!("a PostgreSQL task failed: {e}")))
-}
-
-/// Runs `work` on the executor and blocks the calling thread until it ends. Not from an
-/// asynchronous context: from a blocking thread or a plain one.
-fn block_on<T: Send + 'static>(work: impl Future<Output = T> + Send + 'static) -> Result<T> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    executor()?.spawn(async move {
-        let _ = tx.send(work.await);
-    });
-    rx.recv()
-        .map_err(|_| Error::Config("the PostgreSQL executor stopped".into()))
 }
 
 /// A named PostgreSQL connection: a pool of sessions opened on demand. A session that the
@@ -156,7 +121,7 @@ impl PgConnection {
     /// Opens a session (or takes an idle one) and runs `SELECT 1`; blocks.
     pub fn check(self: &Arc<Self>) -> Result<()> {
         let connection = self.clone();
-        block_on(async move {
+        PG.block_on(async move {
             let client = connection.client().await?;
             client
                 .simple_query("SELECT 1")
@@ -166,7 +131,7 @@ impl PgConnection {
         })?
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Client> {
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Client> {
         self.pool.get().await.map_err(|e| {
             let message = match e {
                 deadpool_postgres::PoolError::Backend(e) => describe(&e),
@@ -185,7 +150,7 @@ impl PgConnection {
 
     /// An error of a statement: the database being unreachable (or shutting down, or the
     /// statement timing out) is `Unavailable`; an error the database answered is `Database`.
-    fn error(&self, e: tokio_postgres::Error) -> Error {
+    pub(crate) fn error(&self, e: tokio_postgres::Error) -> Error {
         let message = describe(&e);
         let class = e.code().map(|c| &c.code()[..2]);
         match class {
@@ -204,7 +169,7 @@ impl PgConnection {
 }
 
 /// A tokio-postgres error with the server's message, detail and SQLSTATE when there are.
-fn describe(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
         if let Some(detail) = db.detail() {
@@ -354,7 +319,7 @@ impl ReferencedLookup {
     /// first query).
     pub fn resolve(self: &Arc<Self>) -> Result<()> {
         let lookup = self.clone();
-        block_on(async move { lookup.shape().await.map(|_| ()) })?
+        PG.block_on(async move { lookup.shape().await.map(|_| ()) })?
     }
 
     /// Names of the output columns, once resolved.
@@ -497,7 +462,7 @@ impl ReferencedQuery {
     /// same rows: an error names its record, the first in record order.
     pub async fn finish(self) -> std::result::Result<Written, ItemError> {
         let ReferencedQuery { lookup, records } = self;
-        on_executor(async move { run(&lookup, &records).await })
+        PG.run(async move { run(&lookup, &records).await })
             .await
             .map_err(|e| (None, e))?
     }
@@ -723,7 +688,8 @@ impl TableLoader {
         let connection = connection.clone();
         let table = table.to_owned();
         let columns = columns.to_vec();
-        let done = executor()?
+        let done = PG
+            .runtime()?
             .spawn(async move { load(connection, table, columns, replace, rx, ready_tx).await });
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(TableLoader {
@@ -732,7 +698,8 @@ impl TableLoader {
             }),
             Ok(Err(e)) => Err(e),
             // The task ended without saying: its own error.
-            Err(_) => Err(block_on(done)?
+            Err(_) => Err(PG
+                .block_on(done)?
                 .map_err(|e| Error::Config(format!("the load task failed: {e}")))?
                 .err()
                 .unwrap_or_else(|| Error::Config("the load task stopped".into()))),
@@ -752,7 +719,7 @@ impl TableLoader {
         // The task stopped: its error says why.
         self.batches = None;
         match self.done.take() {
-            Some(done) => match block_on(done)? {
+            Some(done) => match PG.block_on(done)? {
                 Ok(Err(e)) => Err(e),
                 Ok(Ok(_)) => Err(Error::Config("the load ended early".into())),
                 Err(e) => Err(Error::Config(format!("the load task failed: {e}"))),
@@ -768,7 +735,8 @@ impl TableLoader {
             .done
             .take()
             .ok_or_else(|| Error::Config("the load already failed".into()))?;
-        block_on(done)?.map_err(|e| Error::Config(format!("the load task failed: {e}")))?
+        PG.block_on(done)?
+            .map_err(|e| Error::Config(format!("the load task failed: {e}")))?
     }
 }
 

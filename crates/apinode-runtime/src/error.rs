@@ -48,6 +48,13 @@ pub enum Error {
         #[source]
         source: apinode_lookup::Error,
     },
+    /// A SQL endpoint's query failed: a parameter missing or ill-typed, values the statement
+    /// rejects (fix the query), a connection down (retry), or a statement that no longer runs.
+    #[error("{source}")]
+    Sql {
+        #[source]
+        source: apinode_lookup::Error,
+    },
     /// The model cannot score a record (a feature value of the wrong type, for instance).
     #[error("{}features: {source}", item_prefix(*item))]
     Scoring {

@@ -4,17 +4,18 @@
 
 use crate::error::{Error, Result};
 use crate::metrics::EndpointStats;
-use crate::referenced::{Connections, load_referenced};
+use crate::referenced::{Connections, load_referenced, load_referenced_sql};
 use crate::workers::{WorkerContext, WorkerEndpoint, extract_files, load_worker_endpoint};
 use apinode_bundle::{
-    AuthMode, Bundle, DatasetSource, EndpointKind, EndpointSpec, LookupAction as SpecAction,
-    LookupSpec, Manifest,
+    AuthMode, Bundle, ColumnType, DatasetSource, EndpointKind, EndpointSpec,
+    LookupAction as SpecAction, LookupSpec, Manifest, SqlSpec,
 };
 use apinode_lookup::{
-    Enrichment, KeyColumn, Lookup, LookupAction, LookupConfig, OutputColumn, ReferencedLookup,
-    Table,
+    BundledSql, Enrichment, KeyColumn, KeyType, Lookup, LookupAction, LookupConfig, OutputColumn,
+    ReferencedLookup, ReferencedSql, SqlConfig, SqlParam, SqlQuery, SqlStatement, Table,
 };
 use apinode_scoring::{Model, ModelSummary, Task};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub const SERVED_KINDS: &[EndpointKind] = &[
     EndpointKind::PythonPrediction,
     EndpointKind::RFunction,
     EndpointKind::RPrediction,
+    EndpointKind::SqlQuery,
 ];
 
 #[derive(Debug)]
@@ -53,6 +55,44 @@ pub(crate) enum Handler {
     Referenced(Arc<ReferencedLookup>),
     Predict(PredictEndpoint),
     Worker(WorkerEndpoint),
+    Sql(SqlEndpoint),
+}
+
+/// A `sql-query` endpoint: DataFusion over bundled datasets, or a PostgreSQL connection.
+#[derive(Debug)]
+pub(crate) enum SqlEndpoint {
+    Bundled(Arc<BundledSql>),
+    Referenced(Arc<ReferencedSql>),
+}
+
+impl SqlEndpoint {
+    /// Binds the query's parameters (the body's fields; `dispatch` is the node's, unless the
+    /// endpoint declares a parameter of that name) and returns the statements to run.
+    pub(crate) fn query(&self, body: &Value) -> apinode_lookup::Result<SqlQuery> {
+        let config = match self {
+            SqlEndpoint::Bundled(sql) => sql.config(),
+            SqlEndpoint::Referenced(sql) => sql.config(),
+        };
+        let empty = serde_json::Map::new();
+        let fields = body.as_object().unwrap_or(&empty);
+        let trimmed;
+        let fields = if fields.contains_key("dispatch")
+            && !config.parameters.iter().any(|p| p.name == "dispatch")
+        {
+            trimmed = fields
+                .iter()
+                .filter(|(k, _)| *k != "dispatch")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            &trimmed
+        } else {
+            fields
+        };
+        match self {
+            SqlEndpoint::Bundled(sql) => sql.query(fields),
+            SqlEndpoint::Referenced(sql) => sql.query(fields),
+        }
+    }
 }
 
 /// A `prediction` or `clustering` endpoint: a visual model, and the lookups that enrich each
@@ -70,7 +110,7 @@ impl Handler {
     fn lookups(&self) -> &[Lookup] {
         match self {
             Handler::Lookup(lookup) => std::slice::from_ref(lookup),
-            Handler::Referenced(_) => &[],
+            Handler::Referenced(_) | Handler::Sql(_) => &[],
             Handler::Predict(predict) => predict.enrichment.steps(),
             Handler::Worker(worker) => worker.enrichment.steps(),
         }
@@ -160,12 +200,10 @@ impl LoadedGeneration {
                             .map_err(unservable)?,
                     )
                 }
-                other => {
-                    return Err(unservable(format!(
-                        "endpoint `{}` is of kind `{other}`, which this node cannot serve yet",
-                        spec.id
-                    )));
-                }
+                EndpointKind::SqlQuery => Handler::Sql(
+                    load_sql(bundle, &mut tables, spec, workers.service, connections)
+                        .map_err(unservable)?,
+                ),
             };
             endpoints.insert(
                 spec.id.clone(),
@@ -293,6 +331,83 @@ fn load_model(bundle: &Bundle, spec: &EndpointSpec) -> std::result::Result<Model
         _ => {}
     }
     Ok(model)
+}
+
+/// Loads a `sql-query` endpoint: its statements prepared on its connection, or planned over
+/// its bundled datasets.
+fn load_sql(
+    bundle: &Bundle,
+    tables: &mut HashMap<String, Arc<Table>>,
+    spec: &EndpointSpec,
+    service: &str,
+    connections: &Connections,
+) -> std::result::Result<SqlEndpoint, String> {
+    let id = &spec.id;
+    let sql = spec
+        .sql
+        .as_ref()
+        .ok_or_else(|| format!("endpoint `{id}` has no `sql` section"))?;
+    let config = sql_config(sql);
+    // Statement errors read `endpoint `q`: sql.statements[1]: ...`, the manifest's path.
+    let in_endpoint = |m: String| {
+        let section = if m.starts_with("statements[") {
+            "sql."
+        } else {
+            ""
+        };
+        format!("endpoint `{id}`: {section}{m}")
+    };
+    match &sql.connection {
+        Some(connection) => Ok(SqlEndpoint::Referenced(
+            load_referenced_sql(connections, service, connection, config).map_err(in_endpoint)?,
+        )),
+        None => {
+            let datasets = sql
+                .datasets
+                .iter()
+                .map(|d| table_for(bundle, tables, d))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(in_endpoint)?;
+            let planned =
+                BundledSql::new(&datasets, config).map_err(|e| in_endpoint(e.to_string()))?;
+            Ok(SqlEndpoint::Bundled(Arc::new(planned)))
+        }
+    }
+}
+
+/// The bundle's `sql` section for `apinode-lookup`: `?` placeholders numbered `$1`, `$2`, ...
+fn sql_config(spec: &SqlSpec) -> SqlConfig {
+    SqlConfig {
+        statements: spec
+            .statements
+            .iter()
+            .map(|s| SqlStatement {
+                sql: apinode_bundle::number_sql_placeholders(&s.sql),
+                params: s.params.clone(),
+            })
+            .collect(),
+        parameters: spec
+            .parameters
+            .iter()
+            .map(|p| SqlParam {
+                name: p.name.clone(),
+                param_type: key_type(p.param_type),
+                required: p.required,
+                default: p.default.clone().filter(|d| !d.is_null()),
+            })
+            .collect(),
+    }
+}
+
+fn key_type(column_type: ColumnType) -> KeyType {
+    match column_type {
+        ColumnType::String => KeyType::String,
+        ColumnType::Int64 => KeyType::Int64,
+        ColumnType::Float64 => KeyType::Float64,
+        ColumnType::Boolean => KeyType::Boolean,
+        ColumnType::Date => KeyType::Date,
+        ColumnType::Timestamp => KeyType::Timestamp,
+    }
 }
 
 /// Loads every model of a bundle's `prediction` and `clustering` endpoints, as a node would

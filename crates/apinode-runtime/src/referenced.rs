@@ -1,13 +1,14 @@
 //! Referenced datasets: the node's named PostgreSQL connections, the remapping of a bundle's
-//! connection names to them, and `dataset-lookup` endpoints on a referenced table, whose
-//! answers are asynchronous ([`PendingOutput`]: the server awaits it; the statement runs on
+//! connection names to them, and the endpoints that use them (`dataset-lookup` on a referenced
+//! table, `sql-query` on a connection or on bundled datasets), whose answers are asynchronous ([`PendingOutput`]: the server awaits it; the statement runs on
 //! `apinode-lookup`'s own executor).
 
 use crate::error::{Error, Result};
 use crate::runtime::{LookupItem, LookupOutput, Output};
 use crate::workers::OnDone;
 use apinode_lookup::{
-    Answer, LookupConfig, PgConfig, PgConnection, ReferencedLookup, ReferencedQuery,
+    Answer, LookupConfig, PgConfig, PgConnection, ReferencedLookup, ReferencedQuery, ReferencedSql,
+    SqlConfig, SqlQuery,
 };
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -137,6 +138,33 @@ pub(crate) fn load_referenced(
     }
 }
 
+/// A SQL endpoint on a referenced connection: its statements are prepared now when the
+/// database answers (a statement it refuses refuses the generation); when it does not, the
+/// generation loads anyway and its queries answer 503 until it does.
+pub(crate) fn load_referenced_sql(
+    connections: &Connections,
+    service: &str,
+    connection: &str,
+    config: SqlConfig,
+) -> std::result::Result<Arc<ReferencedSql>, String> {
+    let pg = connections.resolve(service, connection)?;
+    let sql = Arc::new(ReferencedSql::new(pg, config).map_err(|e| e.to_string())?);
+    match sql.check() {
+        Ok(()) => Ok(sql),
+        Err(apinode_lookup::Error::Unavailable {
+            connection,
+            message,
+        }) => {
+            tracing::warn!(
+                connection,
+                "the SQL endpoint's statements will be prepared on the first query: {message}"
+            );
+            Ok(sql)
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The future of a pending answer.
 type Answering = Pin<Box<dyn Future<Output = Result<Resolved>> + Send>>;
 
@@ -164,6 +192,23 @@ impl PendingOutput {
     /// Waits for the answer; may be polled by any runtime.
     pub async fn finish(self) -> Result<Resolved> {
         self.answering.await
+    }
+
+    /// A SQL query's statements.
+    pub(crate) fn sql(query: SqlQuery, on_done: OnDone) -> Self {
+        let answering = async move {
+            let start = Instant::now();
+            let result = query.finish().await;
+            let micros = start.elapsed().as_micros() as u64;
+            on_done(1, micros, result.is_ok());
+            Ok(Resolved {
+                output: Output::Sql(result.map_err(|source| Error::Sql { source })?),
+                endpoint_micros: micros,
+            })
+        };
+        PendingOutput {
+            answering: Box::pin(answering),
+        }
     }
 
     /// A referenced lookup's query; `multi` names the item of an error (`items[i]`).

@@ -8,7 +8,7 @@ use crate::referenced::{Connections, PendingOutput};
 use crate::state::{self, GenerationRecord, Mapping, NodeState, ServiceState};
 use crate::workers::{WorkerCall, WorkerContext, WorkerHost};
 use apinode_bundle::{Bundle, EndpointKind, Limits};
-use apinode_lookup::Match;
+use apinode_lookup::{Match, SqlAnswer};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use serde_json::Value;
@@ -133,6 +133,8 @@ pub enum Output {
     /// An answer that needs I/O (a lookup on a referenced dataset): await
     /// [`PendingOutput::finish`]. Its metrics are recorded when it finishes.
     Pending(PendingOutput),
+    /// A SQL query's answer (what a pending SQL query resolves to).
+    Sql(SqlAnswer),
 }
 
 /// Lookup results: one item per queried record; matched rows are JSON objects written into
@@ -334,7 +336,7 @@ impl Runtime {
         }
         let start = Instant::now();
         let items = match request.action {
-            Action::Lookup | Action::Predict | Action::Run => 1,
+            Action::Lookup | Action::Predict | Action::Run | Action::Query => 1,
             _ => request
                 .body
                 .get("items")
@@ -364,6 +366,25 @@ impl Runtime {
                 key_id,
                 endpoint_kind: endpoint.kind.as_str(),
                 output: Output::Worker(call),
+                endpoint_micros: 0,
+            });
+        }
+        if let Handler::Sql(sql) = &endpoint.handler {
+            let query = match sql.query(request.body) {
+                Ok(query) => query,
+                Err(e) => {
+                    endpoint.stats.record(items, 0, false);
+                    return Err(Error::Sql { source: e });
+                }
+            };
+            return Ok(CallResponse {
+                generation: generation.id.clone(),
+                key_id,
+                endpoint_kind: endpoint.kind.as_str(),
+                output: Output::Pending(PendingOutput::sql(
+                    query,
+                    record_when_done(generation, request.endpoint),
+                )),
                 endpoint_micros: 0,
             });
         }
@@ -402,7 +423,9 @@ impl Runtime {
             (Handler::Predict(predict), _) => {
                 predict.predict_multi(request.body).map(Output::Predict)
             }
-            (Handler::Worker(_) | Handler::Referenced(_), _) => unreachable_worker(),
+            (Handler::Worker(_) | Handler::Referenced(_) | Handler::Sql(_), _) => {
+                unreachable_worker()
+            }
         };
         let endpoint_micros = start.elapsed().as_micros() as u64;
         endpoint

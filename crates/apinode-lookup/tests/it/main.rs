@@ -2,6 +2,7 @@
 //! matches behaviours, renamed outputs and JSON typing, Parquet loading.
 
 mod pg;
+mod sql;
 
 use apinode_lookup::{
     Error, IgnoreReason, KeyColumn, KeyValue, Lookup, LookupAction, LookupConfig, Match,

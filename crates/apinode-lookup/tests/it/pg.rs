@@ -42,7 +42,7 @@ pub(crate) fn unique_table(prefix: &str) -> String {
     format!("{prefix}_{}_{nanos}", std::process::id())
 }
 
-fn people() -> RecordBatch {
+pub(crate) fn people() -> RecordBatch {
     RecordBatch::try_from_iter([
         (
             "id",
@@ -128,7 +128,7 @@ fn people() -> RecordBatch {
 }
 
 /// Loads `batch` into a new table; returns its name.
-fn load(connection: &Arc<PgConnection>, batch: &RecordBatch) -> String {
+pub(crate) fn load(connection: &Arc<PgConnection>, batch: &RecordBatch) -> String {
     let table = unique_table("lookup_it");
     let columns: Vec<(String, KeyType)> = batch
         .schema()

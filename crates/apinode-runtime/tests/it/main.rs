@@ -486,7 +486,8 @@ fn a_bad_generation_never_replaces_a_good_one() {
         .unwrap_err();
     assert!(matches!(err, Error::Bundle { .. }), "{err}");
 
-    // A valid bundle with a kind this node does not serve yet.
+    // A valid bundle whose SQL endpoint would change bundled (read-only) data: refused at
+    // import, naming the statement.
     let refused = |version: &str, extra: &str| {
         let archive = build_bundle(&node.work, version, "Paris", extra);
         node.runtime
@@ -495,11 +496,11 @@ fn a_bad_generation_never_replaces_a_good_one() {
     };
     let err = refused(
         "v3",
-        "[[endpoints]]\nid = \"q\"\nkind = \"sql-query\"\n[endpoints.sql]\ndatasets = [\"customers\"]\nstatements = [{ sql = \"SELECT 1\" }]\n",
+        "[[endpoints]]\nid = \"q\"\nkind = \"sql-query\"\n[endpoints.sql]\ndatasets = [\"customers\"]\nstatements = [{ sql = \"SELECT 1\" }, { sql = \"DELETE FROM customers\" }]\n",
     );
     assert!(
         err.to_string()
-            .contains("kind `sql-query`, which this node cannot serve yet"),
+            .contains("endpoint `q`: sql.statements[1]: "),
         "{err}"
     );
     assert!(matches!(err, Error::Unservable { .. }));

@@ -36,8 +36,9 @@ const CSV: &str = "id,email,country,city,score,active,since,seen\n\
 4,d@x.io,US,Austin,-4.25,,1969-07-20,1969-07-20T20:17:40Z\n\
 5,,FR,Paris,1e-7,true,,2024-02-29T23:59:59.999Z\n";
 
-/// A service whose `customers` dataset is `dataset` (a TOML fragment), with lookups on it.
-fn build(dir: &Path, name: &str, dataset: &str) -> PathBuf {
+/// A service whose `customers` dataset is `dataset` (a TOML fragment), with lookups on it,
+/// and SQL endpoints on `sql_source` (a TOML fragment) reading `sql_table`.
+fn build(dir: &Path, name: &str, dataset: &str, (sql_source, sql_table): (&str, &str)) -> PathBuf {
     let service = dir.join(name);
     std::fs::create_dir_all(service.join("data")).unwrap();
     std::fs::write(service.join("data/customers.csv"), CSV).unwrap();
@@ -76,6 +77,26 @@ keys = ["country", "city"]
 columns = ["id"]
 on_no_match = "fail"
 on_multiple_matches = "fail"
+
+[[endpoints]]
+id = "sql"
+kind = "sql-query"
+[endpoints.sql]
+{sql_source}
+statements = [{{ sql = "SELECT id, email AS mail, score, active, since, seen FROM {sql_table} WHERE (country = ? OR id = ?) AND coalesce(city, '?') <> ? ORDER BY id", params = ["country", "id", "not_city"] }}]
+parameters = [
+  {{ name = "country", type = "string" }},
+  {{ name = "id", type = "int64", required = false }},
+  {{ name = "not_city", type = "string", default = "Atlantis" }},
+]
+
+[[endpoints]]
+id = "stats"
+kind = "sql-query"
+[endpoints.sql]
+{sql_source}
+statements = [{{ sql = "SELECT country, count(*) AS n, sum(score) AS total, min(since) AS first FROM {sql_table} WHERE seen >= ? GROUP BY country ORDER BY country", params = ["after"] }}]
+parameters = [{{ name = "after", type = "timestamp" }}]
 "#
         ),
     )
@@ -145,8 +166,14 @@ fn answer(runtime: &Runtime, service: &str, endpoint: &str, action: Action, body
         }
         other => other,
     };
-    let Output::Lookup(lookup) = output else {
-        panic!("not a lookup answer");
+    let lookup = match output {
+        Output::Lookup(lookup) => lookup,
+        Output::Sql(answer) => {
+            let mut json = Vec::new();
+            answer.write_json(&mut json);
+            return String::from_utf8(json).unwrap();
+        }
+        _ => panic!("not a lookup or SQL answer"),
     };
     lookup
         .items
@@ -163,12 +190,18 @@ fn answer(runtime: &Runtime, service: &str, endpoint: &str, action: Action, body
 fn referenced_and_bundled_generations_answer_identically() {
     let dir = tempfile::tempdir().unwrap();
     let table = unique_table("runtime_it");
-    let bundled = build(dir.path(), "bundled", r#"path = "data/customers.csv""#);
+    let bundled = build(
+        dir.path(),
+        "bundled",
+        r#"path = "data/customers.csv""#,
+        (r#"datasets = ["customers"]"#, "customers"),
+    );
     sync_from_bundle(&bundled, &table);
     let referenced = build(
         dir.path(),
         "referenced",
         &format!("connection = \"dss-conn\"\ntable = \"{table}\""),
+        (r#"connection = "dss-conn""#, &table),
     );
     let manifest = Bundle::open(&referenced, &Limits::default())
         .unwrap()
@@ -236,6 +269,32 @@ fn referenced_and_bundled_generations_answer_identically() {
             json!({"items": [{"data": {"country": "FR", "city": "Lyon"}}, {"data": {"country": "FR", "city": "Paris"}}]}),
         ),
         ("strict", Action::Predict, json!({"features": {}})),
+        ("sql", Action::Query, json!({"country": "FR"})),
+        (
+            "sql",
+            Action::Query,
+            json!({"country": "US", "id": "1", "not_city": "Paris"}),
+        ),
+        (
+            "sql",
+            Action::Query,
+            json!({"country": "FR' OR 1=1 --", "id": null}),
+        ),
+        (
+            "sql",
+            Action::Query,
+            json!({"country": "FR", "dispatch": {"dispatchKey": "k"}}),
+        ),
+        ("sql", Action::Query, json!({})),
+        ("sql", Action::Query, json!({"country": "FR", "id": "two"})),
+        ("sql", Action::Query, json!({"country": "FR", "ctry": "US"})),
+        ("sql", Action::Lookup, json!({"data": {}})),
+        ("stats", Action::Query, json!({"after": "1970-01-01"})),
+        (
+            "stats",
+            Action::Query,
+            json!({"after": "2021-01-01T00:00:00Z"}),
+        ),
     ];
     let mut rows = 0;
     for (endpoint, action, body) in queries {
@@ -245,6 +304,17 @@ fn referenced_and_bundled_generations_answer_identically() {
         rows += expected.matches("\"id\":").count();
     }
     assert!(rows >= 10, "{rows}");
+    let fr = answer(
+        &runtime,
+        "referenced",
+        "sql",
+        Action::Query,
+        json!({"country": "FR"}),
+    );
+    assert!(
+        fr.contains(r#""rows":[["1","a@x.io","1.5","true","2021-03-14""#),
+        "{fr}"
+    );
 
     // The generation survives a restart: loaded again through the same connection.
     drop(runtime);
@@ -269,6 +339,7 @@ fn an_undeclared_connection_refuses_the_generation_naming_it() {
         dir.path(),
         "orphan",
         "connection = \"warehouse\"\ntable = \"whatever\"",
+        (r#"connection = "warehouse""#, "whatever"),
     );
     let runtime = runtime(dir.path(), &[]);
     runtime.create_service("orphan", "admin").unwrap();
@@ -284,7 +355,15 @@ fn an_undeclared_connection_refuses_the_generation_naming_it() {
 
     // The default connection name, remapped to a declared connection whose table is missing:
     // refused naming the table.
-    let archive = build(dir.path(), "missing", "table = \"no_such_table_here\"");
+    let archive = build(
+        dir.path(),
+        "missing",
+        "table = \"no_such_table_here\"",
+        (
+            r#"connection = "api-node-referenced-data""#,
+            "no_such_table_here",
+        ),
+    );
     let runtime = self::runtime(
         &dir.path().join("second"),
         &[("api-node-referenced-data", "node-pg")],
@@ -386,9 +465,19 @@ fn split_url(url: &str) -> (String, impl Fn(&str) -> String + use<>) {
 fn a_database_outage_answers_unavailable_and_recovers_without_restart() {
     let dir = tempfile::tempdir().unwrap();
     let table = unique_table("outage_it");
-    let bundled = build(dir.path(), "bundled", r#"path = "data/customers.csv""#);
+    let bundled = build(
+        dir.path(),
+        "bundled",
+        r#"path = "data/customers.csv""#,
+        (r#"datasets = ["customers"]"#, "customers"),
+    );
     sync_from_bundle(&bundled, &table);
-    let referenced = build(dir.path(), "referenced", &format!("table = \"{table}\""));
+    let referenced = build(
+        dir.path(),
+        "referenced",
+        &format!("table = \"{table}\""),
+        (r#"connection = "api-node-referenced-data""#, &table),
+    );
 
     let (upstream, with_address) = split_url(&pg_url());
     let mut proxy = Proxy::new(upstream);
@@ -418,6 +507,18 @@ fn a_database_outage_answers_unavailable_and_recovers_without_restart() {
     let expected = query("bundled");
     assert!(expected.contains("\"id\":2"), "{expected}");
     assert_eq!(query("referenced"), expected);
+    let sql = |service: &str| {
+        answer(
+            &runtime,
+            service,
+            "sql",
+            Action::Query,
+            json!({"country": "FR"}),
+        )
+    };
+    let expected_sql = sql("bundled");
+    assert!(expected_sql.contains("\"rows\":[[\"1\""), "{expected_sql}");
+    assert_eq!(sql("referenced"), expected_sql);
 
     proxy.stop();
     for _ in 0..3 {
@@ -426,8 +527,14 @@ fn a_database_outage_answers_unavailable_and_recovers_without_restart() {
             down.starts_with("error: connection `api-node-referenced-data` is unavailable"),
             "{down}"
         );
+        let down = sql("referenced");
+        assert!(
+            down.starts_with("error: connection `api-node-referenced-data` is unavailable"),
+            "{down}"
+        );
         // Everything else keeps serving.
         assert_eq!(query("bundled"), expected);
+        assert_eq!(sql("bundled"), expected_sql);
     }
     // The error is the lookup's `Unavailable` (the server answers it 503).
     let body = json!({"data": {"customer": 2}});
@@ -460,4 +567,5 @@ fn a_database_outage_answers_unavailable_and_recovers_without_restart() {
 
     proxy.start();
     assert_eq!(query("referenced"), expected);
+    assert_eq!(sql("referenced"), expected_sql);
 }

@@ -82,6 +82,7 @@ impl From<Error> for ApiError {
                 classify_lookup(source)
             }
             Error::Scoring { source, .. } => classify_scoring(source),
+            Error::Sql { source } => classify_sql(source),
             Error::Worker { source } => classify_worker(source),
             Error::Bundle { .. } => (StatusCode::BAD_REQUEST, "InvalidBundle"),
             Error::Unservable { .. } => (StatusCode::BAD_REQUEST, "UnservableGeneration"),
@@ -167,6 +168,24 @@ fn classify_lookup(error: &apinode_lookup::Error) -> (StatusCode, &'static str) 
             (StatusCode::BAD_REQUEST, "InvalidLookupKey")
         }
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+    }
+}
+
+/// A parameter or values the statement rejects are the client's; a connection down is a
+/// 503; a statement that no longer runs (its table dropped since the import) is the node's.
+fn classify_sql(error: &apinode_lookup::Error) -> (StatusCode, &'static str) {
+    match error {
+        apinode_lookup::Error::Parameter { .. } => (StatusCode::BAD_REQUEST, "InvalidParameter"),
+        apinode_lookup::Error::StatementRejected { .. } => {
+            (StatusCode::BAD_REQUEST, "SqlStatementRejected")
+        }
+        apinode_lookup::Error::Unavailable { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+        }
+        apinode_lookup::Error::InvalidStatement { .. } => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "InvalidStatement")
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "SqlQueryFailed"),
     }
 }
 

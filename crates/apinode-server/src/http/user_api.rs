@@ -4,6 +4,7 @@
 use super::audit::{ClientAddr, QueryAudit, finish_query};
 use super::auth::PresentedCredentials;
 use super::{ApiError, AppState};
+use apinode_lookup::SqlAnswer;
 use apinode_runtime::{
     Action, CallRequest, Dispatch, LookupItem, LookupOutput, Output, PendingOutput, PredictOutput,
     Resolved, WorkerCall, WorkerOutput,
@@ -120,6 +121,10 @@ impl PendingAnswer {
                         output: Output::Predict(predict),
                         ..
                     } => Ok(write(Body::Predict(&predict))),
+                    Resolved {
+                        output: Output::Sql(answer),
+                        endpoint_micros,
+                    } => Ok(write(Body::Sql(&answer, endpoint_micros))),
                     _ => Err(ApiError::new(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "InternalError",
@@ -166,6 +171,12 @@ fn record_outputs(audit: Option<&mut QueryAudit>, body: &Body<'_>) {
         Body::Run(response, micros) => {
             audit.timing("execution", *micros);
             audit.output(response.get().as_bytes());
+        }
+        Body::Sql(answer, micros) => {
+            audit.timing("execution", *micros);
+            let mut json = Vec::new();
+            answer.write_json(&mut json);
+            audit.output(&json);
         }
     }
 }
@@ -222,6 +233,7 @@ pub(super) fn answer(
             Answered::Now(write(Body::Lookup(&lookup, response.endpoint_micros)))
         }
         Output::Predict(predict) => Answered::Now(write(Body::Predict(&predict))),
+        Output::Sql(answer) => Answered::Now(write(Body::Sql(&answer, response.endpoint_micros))),
         Output::Worker(call) => Answered::Later(PendingAnswer {
             call: Waiting::Worker(call),
             service: service.to_owned(),
@@ -289,6 +301,8 @@ enum Body<'a> {
     Predict(&'a PredictOutput),
     /// A function's return value, and the microseconds its worker took.
     Run(&'a RawValue, u64),
+    /// A SQL query's answer, and the microseconds its statements took.
+    Sql(&'a SqlAnswer, u64),
 }
 
 fn write_response(
@@ -303,6 +317,7 @@ fn write_response(
         Body::Lookup(lookup, _) => lookup.buffer.len() + 64 * lookup.items.len() + 192,
         Body::Predict(predict) => predict.buffer.len() + 8 * predict.items.len() + 256,
         Body::Run(response, _) => response.get().len() + 192,
+        Body::Sql(..) => 1024,
     });
     match body {
         Body::Lookup(lookup, lookup_micros) => {
@@ -325,6 +340,16 @@ fn write_response(
             let _ = write!(
                 out,
                 "],\"timing\":{{\"lookup\":{lookup_micros},\"total\":{}}}",
+                start.elapsed().as_micros()
+            );
+        }
+        Body::Sql(answer, execution_micros) => {
+            // The answer's object, left open for `timing`.
+            answer.write_json(&mut out);
+            out.pop();
+            let _ = write!(
+                out,
+                ",\"timing\":{{\"execution\":{execution_micros},\"total\":{}}}",
                 start.elapsed().as_micros()
             );
         }

@@ -1,7 +1,8 @@
 """Referenced data on PostgreSQL through the official client: `apinode data sync` loads the
 customers CSV into a table, a node whose configuration declares the connection serves a
-bundle that references that table, and `lookup_record` / `lookup_records` answer exactly what
-the same bundle with the data bundled answers.
+bundle that references that table, and `lookup_record` / `lookup_records` and `sql_query`
+answer exactly what the same bundle with the data bundled answers (lookups in memory, SQL on
+DataFusion).
 
 PostgreSQL comes from APINODE_TEST_PG_URL (`cargo xtask ci` sets it); without it the tests
 fail, never skip.
@@ -50,6 +51,28 @@ columns = ["customer_id"]
 on_multiple_matches = "ignore"
 """
 
+# SQL endpoints, on the bundled dataset (DataFusion) or the synced table (PostgreSQL).
+SQL_ENDPOINTS = """
+[[endpoints]]
+id = "sql-by-country"
+kind = "sql-query"
+[endpoints.sql]
+{source}
+statements = [{{ sql = "SELECT customer_id, email, score, is_active, signup_date FROM {table} WHERE country = ? AND score >= ? ORDER BY customer_id LIMIT ?", params = ["country", "min_score", "limit"] }}]
+parameters = [
+  {{ name = "country", type = "string" }},
+  {{ name = "min_score", type = "float64", default = 0 }},
+  {{ name = "limit", type = "int64", default = 5 }},
+]
+
+[[endpoints]]
+id = "sql-counts"
+kind = "sql-query"
+[endpoints.sql]
+{source}
+statements = [{{ sql = "SELECT country, count(*) AS customers, CAST(sum(account_number) AS BIGINT) AS accounts FROM {table} GROUP BY country ORDER BY country" }}]
+"""
+
 
 def pg_url() -> str:
     url = os.environ.get("APINODE_TEST_PG_URL")
@@ -84,9 +107,18 @@ def both(start_node, apinode_bin: Path, bundles: Bundles, tmp_path_factory) -> t
         if mode == "bundled":
             (folder / "customers.csv").write_bytes(csv.read_bytes())
             dataset = 'path = "customers.csv"'
+            sql = SQL_ENDPOINTS.format(source='datasets = ["customers"]', table="customers")
             config = None
         else:
             dataset = f'table = "{table}"'
+            sql = SQL_ENDPOINTS.format(source=f'connection = "{CONNECTION}"', table=table)
+            # Only PostgreSQL data changes: bundled data is immutable.
+            sql += (
+                '\n[[endpoints]]\nid = "sql-touch"\nkind = "sql-query"\n[endpoints.sql]\n'
+                f'connection = "{CONNECTION}"\n'
+                f'statements = [{{ sql = "UPDATE {table} SET score = score WHERE city = ?", '
+                'params = ["city"] }]\nparameters = [{ name = "city", type = "string" }]\n'
+            )
             config = work / "node.toml"
             config.write_text(
                 f'[connections.pg-main]\nurl = "{pg_url()}"\npool_size = 4\n\n'
@@ -94,7 +126,7 @@ def both(start_node, apinode_bin: Path, bundles: Bundles, tmp_path_factory) -> t
             )
         (folder / "service.toml").write_text(
             f'[service]\nid = "{SERVICE}"\n\n[auth]\nmode = "public"\n\n'
-            f'[[datasets]]\nname = "customers"\n{dataset}\n{ENDPOINTS}'
+            f'[[datasets]]\nname = "customers"\n{dataset}\n{ENDPOINTS}{sql}'
         )
         archive = build_bundle(apinode_bin, folder, work / f"{mode}.zip", "v1")
         node = start_node(config=config)
@@ -161,6 +193,60 @@ def test_the_raw_bytes_are_the_same_too(both, bundles: Bundles):
         return r.content.split(b',"timing"')[0]
 
     assert results(referenced) == results(bundled)
+
+
+def test_sql_queries_answer_the_same_in_both_modes(both, bundles: Bundles):
+    bundled, referenced = both
+    rows = bundles.rows["v1"]
+    queries = [
+        ("sql-by-country", {"country": "FR"}),
+        ("sql-by-country", {"country": "FR", "min_score": 50.5, "limit": 3}),
+        # Strings for numbers, as clients often send them.
+        ("sql-by-country", {"country": "US", "min_score": "10", "limit": "2"}),
+        ("sql-by-country", {"country": "nowhere"}),
+        ("sql-by-country", {"country": "FR' OR '1'='1"}),
+        ("sql-counts", {}),
+    ]
+    for endpoint, params in queries:
+        want = client(bundled).sql_query(endpoint, params)
+        got = client(referenced).sql_query(endpoint, params)
+        assert got["columns"] == want["columns"] and got["rows"] == want["rows"], (endpoint, params)
+    answer = client(referenced).sql_query("sql-by-country", {"country": "FR", "limit": 2})
+    assert [c["name"] for c in answer["columns"]] == [
+        "customer_id", "email", "score", "is_active", "signup_date"]
+    expected = sorted((r for r in rows if r["country"] == "FR" and (r["score"] or -1) >= 0),
+                      key=lambda r: r["customer_id"])[:2]
+    assert [row[0] for row in answer["rows"]] == [str(r["customer_id"]) for r in expected]
+    assert all(isinstance(v, str) or v is None for row in answer["rows"] for v in row)
+    counts = client(bundled).sql_query("sql-counts", {})
+    assert sum(int(row[1]) for row in counts["rows"]) == len(rows)
+    assert answer["apiContext"]["serviceGeneration"] == "v1"
+    assert set(answer["timing"]) == {"execution", "total"}
+
+
+def test_sql_changes_answer_updated_rows(both, bundles: Bundles):
+    _, referenced = both
+    city = bundles.rows["v1"][0]["city"]
+    expected = sum(1 for r in bundles.rows["v1"] if r["city"] == city)
+    got = client(referenced).sql_query("sql-touch", {"city": city})
+    assert got["updatedRows"] == expected and expected > 0, got
+    assert client(referenced).sql_query("sql-touch", {"city": "Nowhere"})["updatedRows"] == 0
+
+
+def test_sql_parameter_errors_name_the_parameter(both):
+    for node in both:
+        base = f"{node.url}/public/api/v1/{SERVICE}/sql-by-country/query"
+        r = requests.post(base, data="", timeout=TIMEOUT)
+        body = assert_error_response(r, 400, "InvalidParameter")
+        assert "`country`" in body["message"], body
+        r = requests.post(base, data='{"country": "FR", "limit": "many"}', timeout=TIMEOUT)
+        body = assert_error_response(r, 400, "InvalidParameter")
+        assert "`limit`" in body["message"] and "integer" in body["message"], body
+        r = requests.post(base, data='{"country": "FR", "limt": 3}', timeout=TIMEOUT)
+        body = assert_error_response(r, 400, "InvalidParameter")
+        assert "`limt`" in body["message"], body
+        with pytest.raises(dataikuapi.utils.DataikuException, match="InvalidParameter"):
+            client(node).sql_query("sql-by-country", {})
 
 
 def test_a_missing_key_is_the_same_error(both):
