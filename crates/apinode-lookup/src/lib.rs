@@ -35,8 +35,8 @@ mod table;
 pub use error::{Error, Result};
 pub use key::{KeyType, KeyValue};
 pub use lookup::{
-    Enriched, Enrichment, IgnoreReason, KeyColumn, Lookup, LookupAction, LookupConfig, Match,
-    OutputColumn,
+    EnrichError, EnrichStep, Enriched, Enrichment, IgnoreReason, KeyColumn, Lookup, LookupAction,
+    LookupConfig, Match, OutputColumn,
 };
 pub use pg::{
     Answer, DEFAULT_CONNECTION, ItemError, PgConfig, PgConnection, ReferencedLookup,

@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 use crate::index::KeyIndex;
 use crate::json::ColumnWriter;
 use crate::key::{Converted, KeyType, KeyValue, TypedColumn, convert};
+use crate::pg::{Answer, ReferencedLookup, Written};
 use crate::table::Table;
 use serde_json::{Map, Value};
 use smallvec::SmallVec;
@@ -115,33 +116,177 @@ pub enum Enriched {
     Ignored(IgnoreReason),
 }
 
+/// One enrichment step: a lookup in a bundled table, or in a referenced one (PostgreSQL).
+#[derive(Debug)]
+pub enum EnrichStep {
+    Bundled(Lookup),
+    Referenced(Arc<ReferencedLookup>),
+}
+
+/// Why a batch could not be enriched: `record` (None: every record, the database being
+/// unreachable) failed at `step` (0-based).
+#[derive(Debug)]
+pub struct EnrichError {
+    pub record: Option<usize>,
+    pub step: usize,
+    pub source: Error,
+}
+
 /// Enrichment steps applied in order to a record's features, as prediction endpoints do
 /// before scoring: each step may use features filled by the steps before it.
 #[derive(Debug, Default)]
 pub struct Enrichment {
-    steps: Vec<Lookup>,
+    steps: Vec<EnrichStep>,
 }
 
 impl Enrichment {
+    /// Steps on bundled tables only.
     pub fn new(steps: Vec<Lookup>) -> Enrichment {
+        Enrichment::with_steps(steps.into_iter().map(EnrichStep::Bundled).collect())
+    }
+
+    pub fn with_steps(steps: Vec<EnrichStep>) -> Enrichment {
         Enrichment { steps }
     }
 
-    pub fn steps(&self) -> &[Lookup] {
+    pub fn steps(&self) -> &[EnrichStep] {
         &self.steps
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Whether a step reads a referenced table: then records are enriched with
+    /// [`Enrichment::apply_batch`], which waits for the database.
+    pub fn is_referenced(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s, EnrichStep::Referenced(_)))
+    }
+
+    /// The bundled steps' lookups.
+    pub fn lookups(&self) -> impl Iterator<Item = &Lookup> {
+        self.steps.iter().filter_map(|s| match s {
+            EnrichStep::Bundled(lookup) => Some(lookup),
+            EnrichStep::Referenced(_) => None,
+        })
+    }
+
     /// Applies every step; stops at the first that ignores the record. An error names the
-    /// step (0-based) that failed.
+    /// step (0-based) that failed. A referenced step cannot be applied here (it needs the
+    /// database): that is an error naming it; use [`Enrichment::apply_batch`].
     pub fn apply(&self, features: &mut Map<String, Value>) -> Result<Enriched, (usize, Error)> {
         for (i, step) in self.steps.iter().enumerate() {
-            match step.enrich(features) {
+            let EnrichStep::Bundled(lookup) = step else {
+                return Err((
+                    i,
+                    Error::Config("a referenced step is applied with apply_batch".into()),
+                ));
+            };
+            match lookup.enrich(features) {
                 Ok(Enriched::Applied) => {}
                 Ok(ignored @ Enriched::Ignored(_)) => return Ok(ignored),
                 Err(e) => return Err((i, e)),
             }
         }
         Ok(Enriched::Applied)
+    }
+
+    /// Applies every step to every record, step by step: one statement per referenced step
+    /// for the whole batch. Each record ends as [`Enrichment::apply`] would leave it (its
+    /// steps in order, stopping at the first that ignores it); the error reported is the
+    /// first in record order, as `apply` record by record would find it.
+    pub async fn apply_batch(
+        &self,
+        records: &mut [Map<String, Value>],
+    ) -> Result<Vec<Enriched>, EnrichError> {
+        let mut outcome = vec![Enriched::Applied; records.len()];
+        let mut ignored = vec![false; records.len()];
+        // Records at or past the first failing one need no more work: it is the answer.
+        let mut first_error: Option<EnrichError> = None;
+        for (step_index, step) in self.steps.iter().enumerate() {
+            let live = first_error
+                .as_ref()
+                .and_then(|e| e.record)
+                .unwrap_or(records.len());
+            let pending: Vec<usize> = (0..live).filter(|&i| !ignored[i]).collect();
+            if pending.is_empty() {
+                break;
+            }
+            let failed = |record: usize, source: Error| EnrichError {
+                record: Some(record),
+                step: step_index,
+                source,
+            };
+            match step {
+                EnrichStep::Bundled(lookup) => {
+                    for &i in &pending {
+                        match lookup.enrich(&mut records[i]) {
+                            Ok(Enriched::Applied) => {}
+                            Ok(Enriched::Ignored(reason)) => {
+                                ignored[i] = true;
+                                outcome[i] = Enriched::Ignored(reason);
+                            }
+                            Err(e) => {
+                                first_error = Some(failed(i, e));
+                                break;
+                            }
+                        }
+                    }
+                }
+                EnrichStep::Referenced(lookup) => {
+                    let mut pending = pending;
+                    let written = loop {
+                        let refs: Vec<&Map<String, Value>> =
+                            pending.iter().map(|&i| &records[i]).collect();
+                        match lookup.query(&refs).finish().await {
+                            Ok(written) => break written,
+                            Err((Some(k), e)) => {
+                                // That record's error is the answer, unless one before it
+                                // fails later; the records before it still need this step,
+                                // whose answers the failed statement did not return.
+                                first_error = Some(failed(pending[k], e));
+                                pending.truncate(k);
+                                if pending.is_empty() {
+                                    break Written::default();
+                                }
+                            }
+                            Err((None, e)) => {
+                                return Err(EnrichError {
+                                    record: None,
+                                    step: step_index,
+                                    source: e,
+                                });
+                            }
+                        }
+                    };
+                    for (k, answer) in written.answers.iter().enumerate() {
+                        let i = pending[k];
+                        match answer {
+                            Answer::Ignored(reason) => {
+                                ignored[i] = true;
+                                outcome[i] = Enriched::Ignored(*reason);
+                            }
+                            Answer::Data(range) => {
+                                // The same values `Outputs::set_features` sets, read back
+                                // from the same writers' JSON.
+                                let row: Map<String, Value> =
+                                    serde_json::from_slice(&written.buffer[range.clone()])
+                                        .map_err(|e| {
+                                            failed(i, Error::Config(format!("unreadable row: {e}")))
+                                        })?;
+                                records[i].extend(row);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(outcome),
+        }
     }
 }
 

@@ -11,8 +11,9 @@ use apinode_bundle::{
     LookupAction as SpecAction, LookupSpec, Manifest, SqlSpec,
 };
 use apinode_lookup::{
-    BundledSql, Enrichment, KeyColumn, KeyType, Lookup, LookupAction, LookupConfig, OutputColumn,
-    ReferencedLookup, ReferencedSql, SqlConfig, SqlParam, SqlQuery, SqlStatement, Table,
+    BundledSql, EnrichStep, Enrichment, KeyColumn, KeyType, Lookup, LookupAction, LookupConfig,
+    OutputColumn, ReferencedLookup, ReferencedSql, SqlConfig, SqlParam, SqlQuery, SqlStatement,
+    Table,
 };
 use apinode_scoring::{Model, ModelSummary, Task};
 use serde_json::Value;
@@ -107,12 +108,12 @@ pub(crate) struct PredictEndpoint {
 
 impl Handler {
     /// Every lookup the endpoint uses: its own, or its enrichment steps.
-    fn lookups(&self) -> &[Lookup] {
+    fn lookups(&self) -> Vec<&Lookup> {
         match self {
-            Handler::Lookup(lookup) => std::slice::from_ref(lookup),
-            Handler::Referenced(_) | Handler::Sql(_) => &[],
-            Handler::Predict(predict) => predict.enrichment.steps(),
-            Handler::Worker(worker) => worker.enrichment.steps(),
+            Handler::Lookup(lookup) => vec![lookup],
+            Handler::Referenced(_) | Handler::Sql(_) => Vec::new(),
+            Handler::Predict(predict) => predict.enrichment.lookups().collect(),
+            Handler::Worker(worker) => worker.enrichment.lookups().collect(),
         }
     }
 }
@@ -186,15 +187,17 @@ impl LoadedGeneration {
                         }
                     }
                 }
-                EndpointKind::Prediction | EndpointKind::Clustering => {
-                    Handler::Predict(load_predict(bundle, &mut tables, spec).map_err(unservable)?)
-                }
+                EndpointKind::Prediction | EndpointKind::Clustering => Handler::Predict(
+                    load_predict(bundle, &mut tables, spec, workers.service, connections)
+                        .map_err(unservable)?,
+                ),
                 EndpointKind::PythonFunction
                 | EndpointKind::PythonPrediction
                 | EndpointKind::RFunction
                 | EndpointKind::RPrediction => {
                     let enrichment =
-                        load_enrichment(bundle, &mut tables, spec).map_err(unservable)?;
+                        load_enrichment(bundle, &mut tables, spec, workers.service, connections)
+                            .map_err(unservable)?;
                     Handler::Worker(
                         load_worker_endpoint(bundle, spec, workers, enrichment)
                             .map_err(unservable)?,
@@ -253,6 +256,8 @@ fn load_predict(
     bundle: &Bundle,
     tables: &mut HashMap<String, Arc<Table>>,
     spec: &EndpointSpec,
+    service: &str,
+    connections: &Connections,
 ) -> std::result::Result<PredictEndpoint, String> {
     let id = &spec.id;
     let model_spec = spec
@@ -262,28 +267,44 @@ fn load_predict(
     let model = load_model(bundle, spec)?;
     Ok(PredictEndpoint {
         model,
-        enrichment: load_enrichment(bundle, tables, spec)?,
+        enrichment: load_enrichment(bundle, tables, spec, service, connections)?,
         return_post_enrich: model_spec.return_post_enrich,
     })
 }
 
-/// The enrichment steps of a prediction endpoint, indexed.
+/// The enrichment steps of a prediction endpoint: bundled datasets indexed, referenced ones
+/// reached through the node's connections.
 fn load_enrichment(
     bundle: &Bundle,
     tables: &mut HashMap<String, Arc<Table>>,
     spec: &EndpointSpec,
+    service: &str,
+    connections: &Connections,
 ) -> std::result::Result<Enrichment, String> {
     let id = &spec.id;
     let mut steps = Vec::with_capacity(spec.enrich.len());
     for (i, step) in spec.enrich.iter().enumerate() {
-        let table = table_for(bundle, tables, &step.dataset)
-            .map_err(|m| format!("endpoint `{id}` enrich[{i}]: {m}"))?;
-        steps.push(
-            Lookup::new(table, lookup_config(step))
-                .map_err(|e| format!("endpoint `{id}` enrich[{i}]: {e}"))?,
-        );
+        let in_step = |m: String| format!("endpoint `{id}` enrich[{i}]: {m}");
+        let source = bundle.manifest().dataset(&step.dataset).map(|d| &d.source);
+        if let Some(DatasetSource::Referenced { connection, table }) = source {
+            let lookup = load_referenced(
+                connections,
+                service,
+                &step.dataset,
+                connection,
+                table,
+                lookup_config(step),
+            )
+            .map_err(in_step)?;
+            steps.push(EnrichStep::Referenced(lookup));
+            continue;
+        }
+        let table = table_for(bundle, tables, &step.dataset).map_err(in_step)?;
+        steps.push(EnrichStep::Bundled(
+            Lookup::new(table, lookup_config(step)).map_err(|e| in_step(e.to_string()))?,
+        ));
     }
-    Ok(Enrichment::new(steps))
+    Ok(Enrichment::with_steps(steps))
 }
 
 /// Loads the model of a `prediction` or `clustering` endpoint from the bundle's copy of the
@@ -445,8 +466,8 @@ fn table_for(
         .ok_or_else(|| format!("dataset `{dataset}` is not declared"))?;
     if let DatasetSource::Referenced { connection, table } = &entry.source {
         return Err(format!(
-            "dataset `{dataset}` is referenced (table `{table}` on connection `{connection}`); \
-             enrichment steps read bundled datasets only for now"
+            "dataset `{dataset}` is referenced (table `{table}` on connection `{connection}`) \
+             and has no rows in the bundle"
         ));
     }
     let bytes = bundle.dataset_parquet(dataset).map_err(|e| e.to_string())?;

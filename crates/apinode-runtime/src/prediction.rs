@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::generation::PredictEndpoint;
-use apinode_lookup::{Enriched, Enrichment};
+use apinode_lookup::{EnrichError, Enriched, Enrichment};
 use apinode_scoring::{IgnoreReason, PredictedValue, Prediction, Predictions};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -138,7 +138,7 @@ pub(crate) fn enrich_record<'a>(
     enrichment: &Enrichment,
     features: &'a Map<String, Value>,
 ) -> std::result::Result<Prepared<'a>, (usize, apinode_lookup::Error)> {
-    if enrichment.steps().is_empty() {
+    if enrichment.is_empty() {
         return Ok(Prepared::Score(Cow::Borrowed(features)));
     }
     let mut owned = features.clone();
@@ -146,6 +146,38 @@ pub(crate) fn enrich_record<'a>(
         Enriched::Applied => Prepared::Score(Cow::Owned(owned)),
         Enriched::Ignored(reason) => Prepared::Ignored(reason.as_str(), owned),
     })
+}
+
+/// Enriches owned records through every step, waiting for the database on referenced steps
+/// (one statement per step for the whole batch); returns them prepared, with the time taken.
+/// An error names the item (`multi`) and the step; a database that cannot be reached fails
+/// the whole query (`Unavailable`: the server answers 503).
+pub(crate) async fn enrich_batch(
+    enrichment: &Enrichment,
+    mut records: Vec<Map<String, Value>>,
+    multi: bool,
+) -> Result<(Vec<Prepared<'static>>, u64)> {
+    let start = Instant::now();
+    let outcomes = enrichment.apply_batch(&mut records).await.map_err(
+        |EnrichError {
+             record,
+             step,
+             source,
+         }| Error::Enrichment {
+            item: record.filter(|_| multi),
+            step,
+            source,
+        },
+    )?;
+    let prepared = records
+        .into_iter()
+        .zip(outcomes)
+        .map(|(features, outcome)| match outcome {
+            Enriched::Applied => Prepared::Score(Cow::Owned(features)),
+            Enriched::Ignored(reason) => Prepared::Ignored(reason.as_str(), features),
+        })
+        .collect();
+    Ok((prepared, start.elapsed().as_micros() as u64))
 }
 
 impl PredictEndpoint {
@@ -188,7 +220,17 @@ impl PredictEndpoint {
             )?);
         }
         let enrich_micros = start.elapsed().as_micros() as u64;
+        self.score_prepared(&prepared, enrich_micros, multi)
+    }
 
+    /// Scores enriched records as one batch and writes their results.
+    pub(crate) fn score_prepared(
+        &self,
+        prepared: &[Prepared<'_>],
+        enrich_micros: u64,
+        multi: bool,
+    ) -> Result<PredictOutput> {
+        let item = |i: usize| multi.then_some(i);
         let start = Instant::now();
         let to_score: Vec<&Map<String, Value>> = prepared
             .iter()
@@ -212,13 +254,13 @@ impl PredictEndpoint {
         })?;
 
         let mut out = PredictOutput {
-            buffer: Vec::with_capacity(records.len() * (96 + 32 * predictions.classes().len())),
-            items: Vec::with_capacity(records.len()),
+            buffer: Vec::with_capacity(prepared.len() * (96 + 32 * predictions.classes().len())),
+            items: Vec::with_capacity(prepared.len()),
             enrich_micros,
             predict_micros: 0,
         };
         let mut scored = 0;
-        for p in &prepared {
+        for p in prepared {
             let start = out.buffer.len();
             match p {
                 Prepared::Score(features) => {

@@ -196,13 +196,29 @@ impl PendingOutput {
 
     /// A SQL query's statements.
     pub(crate) fn sql(query: SqlQuery, on_done: OnDone) -> Self {
+        PendingOutput::later(1, on_done, async move {
+            query
+                .finish()
+                .await
+                .map(Output::Sql)
+                .map_err(|source| Error::Sql { source })
+        })
+    }
+
+    /// An answer `answering` computes, for `items` records (a prediction enriched from a
+    /// referenced table, for instance).
+    pub(crate) fn later(
+        items: usize,
+        on_done: OnDone,
+        answering: impl Future<Output = Result<Output>> + Send + 'static,
+    ) -> Self {
         let answering = async move {
             let start = Instant::now();
-            let result = query.finish().await;
+            let result = answering.await;
             let micros = start.elapsed().as_micros() as u64;
-            on_done(1, micros, result.is_ok());
+            on_done(items, micros, result.is_ok());
             Ok(Resolved {
-                output: Output::Sql(result.map_err(|source| Error::Sql { source })?),
+                output: result?,
                 endpoint_micros: micros,
             })
         };

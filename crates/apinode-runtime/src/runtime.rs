@@ -3,10 +3,10 @@
 use crate::error::{Error, Result};
 use crate::generation::{Credentials, Handler, LoadedGeneration};
 use crate::metrics::{EndpointMetrics, Metrics, ServiceMetrics};
-use crate::prediction::{PredictOutput, features_of, refuse_explanations};
+use crate::prediction::{PredictOutput, enrich_batch, features_of, refuse_explanations};
 use crate::referenced::{Connections, PendingOutput};
 use crate::state::{self, GenerationRecord, Mapping, NodeState, ServiceState};
-use crate::workers::{WorkerCall, WorkerContext, WorkerHost};
+use crate::workers::{WorkerCall, WorkerContext, WorkerHost, WorkerOutput};
 use apinode_bundle::{Bundle, EndpointKind, Limits};
 use apinode_lookup::{Match, SqlAnswer};
 use arc_swap::ArcSwap;
@@ -343,6 +343,38 @@ impl Runtime {
                 .and_then(Value::as_array)
                 .map_or(0, Vec::len),
         };
+        let referenced_enrichment = match &endpoint.handler {
+            Handler::Predict(predict) => predict.enrichment.is_referenced(),
+            Handler::Worker(worker) => worker.enrichment.is_referenced(),
+            _ => false,
+        };
+        if referenced_enrichment && request.action != Action::Run {
+            let multi = request.action == Action::PredictMulti;
+            let records = match owned_records(request.body, multi) {
+                Ok(records) => records,
+                Err(e) => {
+                    endpoint.stats.record(items, 0, false);
+                    return Err(e);
+                }
+            };
+            let pending = PendingOutput::later(
+                records.len(),
+                record_when_done(generation, request.endpoint),
+                enrich_then_answer(
+                    generation.clone(),
+                    request.endpoint.to_owned(),
+                    records,
+                    multi,
+                ),
+            );
+            return Ok(CallResponse {
+                generation: generation.id.clone(),
+                key_id,
+                endpoint_kind: endpoint.kind.as_str(),
+                output: Output::Pending(pending),
+                endpoint_micros: 0,
+            });
+        }
         if let Handler::Worker(worker) = &endpoint.handler {
             let call = match request.action {
                 Action::Run => worker.run_call(request.body),
@@ -1053,6 +1085,53 @@ fn record_when_done(generation: &Arc<LoadedGeneration>, endpoint: &str) -> crate
             endpoint.stats.record(items, micros, ok);
         }
     })
+}
+
+/// The records of a `predict` (one) or `predict-multi` body, copied for an answer that
+/// outlives the request.
+fn owned_records(body: &Value, multi: bool) -> Result<Vec<serde_json::Map<String, Value>>> {
+    refuse_explanations(body)?;
+    let records = if multi {
+        multi_features(body)?
+    } else {
+        vec![features_of(body, "features")?]
+    };
+    Ok(records.into_iter().cloned().collect())
+}
+
+/// A prediction whose enrichment reads a referenced table: enriched once the database
+/// answers, then scored (visual models) or handed to the workers (Python, R).
+async fn enrich_then_answer(
+    generation: Arc<LoadedGeneration>,
+    endpoint: String,
+    records: Vec<serde_json::Map<String, Value>>,
+    multi: bool,
+) -> Result<Output> {
+    let handler = &generation
+        .endpoints
+        .get(&endpoint)
+        .ok_or_else(|| Error::not_found("endpoint", endpoint.clone()))?
+        .handler;
+    match handler {
+        Handler::Predict(predict) => {
+            let (prepared, micros) = enrich_batch(&predict.enrichment, records, multi).await?;
+            predict
+                .score_prepared(&prepared, micros, multi)
+                .map(Output::Predict)
+        }
+        Handler::Worker(worker) => {
+            let (prepared, micros) = enrich_batch(&worker.enrichment, records, multi).await?;
+            match worker.predict_prepared(prepared, micros).finish().await? {
+                WorkerOutput::Predict(predict) => Ok(Output::Predict(predict)),
+                WorkerOutput::Run { .. } => Err(Error::Unavailable(format!(
+                    "endpoint `{endpoint}`: its workers answered a prediction as a function call"
+                ))),
+            }
+        }
+        _ => Err(Error::Unavailable(format!(
+            "endpoint `{endpoint}` takes no enrichment"
+        ))),
+    }
 }
 
 /// The `features` of every item of a `predict-multi` body.

@@ -340,10 +340,19 @@ impl WorkerEndpoint {
             })?;
             prepared.push(record.into_owned());
         }
-        Ok(self.call(WorkerRequest::Predict {
-            records: prepared,
-            enrich_micros: start.elapsed().as_micros() as u64,
-        }))
+        Ok(self.predict_prepared(prepared, start.elapsed().as_micros() as u64))
+    }
+
+    /// A prediction call on records already enriched.
+    pub(crate) fn predict_prepared(
+        &self,
+        records: Vec<Prepared<'static>>,
+        enrich_micros: u64,
+    ) -> WorkerCall {
+        self.call(WorkerRequest::Predict {
+            records,
+            enrich_micros,
+        })
     }
 
     fn call(&self, request: WorkerRequest) -> WorkerCall {

@@ -97,10 +97,38 @@ kind = "sql-query"
 {sql_source}
 statements = [{{ sql = "SELECT country, count(*) AS n, sum(score) AS total, min(since) AS first FROM {sql_table} WHERE seen >= ? GROUP BY country ORDER BY country", params = ["after"] }}]
 parameters = [{{ name = "after", type = "timestamp" }}]
+
+# Two enrichment steps, the second keyed on what the first filled.
+[[endpoints]]
+id = "spend"
+kind = "prediction"
+model = {{ path = "models/spend", return_post_enrich = true }}
+[[endpoints.enrich]]
+dataset = "customers"
+keys = [{{ column = "id", input = "customer" }}]
+columns = ["score", "country", "city"]
+on_no_match = "null"
+[[endpoints.enrich]]
+dataset = "customers"
+keys = ["country", "city"]
+columns = [{{ column = "active", output = "first_active" }}, {{ column = "seen", output = "first_seen" }}]
+on_multiple_matches = "first"
+on_missing_key = "ignore"
+
+[[endpoints]]
+id = "spend-strict"
+kind = "prediction"
+model = {{ path = "models/spend" }}
+[[endpoints.enrich]]
+dataset = "customers"
+keys = [{{ column = "id", input = "customer" }}]
+columns = ["score"]
+on_no_match = "fail"
 "#
         ),
     )
     .unwrap();
+    crate::predict::write_spend_model(&service.join("models/spend"));
     let out = dir.join(format!("{name}.zip"));
     apinode_bundle::build(&service, &out, &BuildOptions::default()).unwrap();
     out
@@ -168,6 +196,12 @@ fn answer(runtime: &Runtime, service: &str, endpoint: &str, action: Action, body
     };
     let lookup = match output {
         Output::Lookup(lookup) => lookup,
+        Output::Predict(predict) => {
+            return (0..predict.items.len())
+                .map(|i| String::from_utf8(predict.result(i).to_vec()).unwrap())
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
         Output::Sql(answer) => {
             let mut json = Vec::new();
             answer.write_json(&mut json);
@@ -289,6 +323,51 @@ fn referenced_and_bundled_generations_answer_identically() {
         ("sql", Action::Query, json!({"country": "FR", "id": "two"})),
         ("sql", Action::Query, json!({"country": "FR", "ctry": "US"})),
         ("sql", Action::Lookup, json!({"data": {}})),
+        (
+            "spend",
+            Action::Predict,
+            json!({"features": {"customer": 2, "basket": 3}}),
+        ),
+        (
+            "spend",
+            Action::Predict,
+            json!({"features": {"customer": 99, "basket": 1}}),
+        ),
+        ("spend", Action::Predict, json!({"features": {"basket": 1}})),
+        (
+            "spend",
+            Action::Predict,
+            json!({"features": {"customer": "x", "basket": 1}}),
+        ),
+        (
+            "spend",
+            Action::PredictMulti,
+            json!({"items": (0..8).map(|i| json!({"features": {"customer": i, "basket": i}})).collect::<Vec<_>>()}),
+        ),
+        (
+            "spend-strict",
+            Action::PredictMulti,
+            json!({"items": [
+                {"features": {"customer": 1, "basket": 1}},
+                {"features": {"customer": 3, "basket": 1}},
+                {"features": {"customer": 42, "basket": 1}},
+                {"features": {"customer": "bad", "basket": 1}},
+            ]}),
+        ),
+        (
+            "spend-strict",
+            Action::PredictMulti,
+            json!({"items": [
+                {"features": {"customer": 1, "basket": 1}},
+                {"features": {"customer": "bad", "basket": 1}},
+                {"features": {"customer": 42, "basket": 1}},
+            ]}),
+        ),
+        (
+            "spend-strict",
+            Action::Predict,
+            json!({"features": {"customer": 5, "basket": 2}}),
+        ),
         ("stats", Action::Query, json!({"after": "1970-01-01"})),
         (
             "stats",
@@ -525,6 +604,19 @@ fn a_database_outage_answers_unavailable_and_recovers_without_restart() {
         let down = query("referenced");
         assert!(
             down.starts_with("error: connection `api-node-referenced-data` is unavailable"),
+            "{down}"
+        );
+        let down = answer(
+            &runtime,
+            "referenced",
+            "spend",
+            Action::Predict,
+            json!({"features": {"customer": 2, "basket": 3}}),
+        );
+        assert!(
+            down.starts_with(
+                "error: enrich[0]: connection `api-node-referenced-data` is unavailable"
+            ),
             "{down}"
         );
         let down = sql("referenced");
