@@ -405,3 +405,60 @@ fn loading_refuses_an_existing_table_unless_replacing() {
     );
     lookup.resolve().unwrap();
 }
+
+/// Sessions the server terminated (`pg_terminate_backend`, an administrator's or a
+/// failover's doing) are noticed closed and replaced when next taken from the pool: the
+/// next query succeeds (one racing the termination may answer `Unavailable`), nothing
+/// restarted.
+#[test]
+fn terminated_sessions_are_replaced() {
+    let name = unique_table("apinode_terminated");
+    let url = pg_url();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let mut config = PgConfig::new(format!("{url}{separator}application_name={name}"));
+    config.pool_size = 2;
+    let connection = Arc::new(PgConnection::new("terminated", &config).unwrap());
+    connection.check().unwrap();
+    let table = load(&connection, &people());
+    let lookup = Arc::new(
+        ReferencedLookup::new(
+            connection.clone(),
+            "people",
+            &table,
+            LookupConfig::on_keys(&["id"]),
+        )
+        .unwrap(),
+    );
+    let data = json!({"id": 2}).as_object().cloned().unwrap();
+    let expected = referenced(&lookup, &[&data]).unwrap();
+
+    let killer = std::process::Command::new("psql")
+        .arg(&url)
+        .args(["-tA", "-c"])
+        .arg(format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = '{name}'"
+        ))
+        .output()
+        .unwrap_or_else(|e| panic!("psql is needed to terminate the sessions: {e}"));
+    let stdout = String::from_utf8_lossy(&killer.stdout);
+    assert!(
+        killer.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&killer.stderr)
+    );
+    let terminated: u32 = stdout.trim().parse().unwrap();
+    assert!(terminated >= 1, "no session to terminate: {stdout}");
+    let mut failures = 0;
+    let mut answer = referenced(&lookup, &[&data]);
+    while let Err((_, message)) = &answer {
+        assert!(message.contains("unavailable"), "{message}");
+        failures += 1;
+        assert!(
+            failures <= 2,
+            "a terminated session is not replaced: {message}"
+        );
+        answer = referenced(&lookup, &[&data]);
+    }
+    assert_eq!(answer.unwrap(), expected);
+}
