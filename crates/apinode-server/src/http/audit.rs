@@ -224,7 +224,11 @@ impl QueryAudit {
 
     /// An item's output that is not in the response's bytes (an ignored lookup item).
     pub(super) fn output_value(&mut self, value: Value) {
-        let output = self.policy.payloads.then_some((value, false));
+        let max = self.policy.max_payload_bytes;
+        let output = self
+            .policy
+            .payloads
+            .then(|| payload_of_value(value, max));
         self.outputs.push(output);
     }
 

@@ -424,3 +424,169 @@ fn a_full_spool_rejects_or_drops() {
         drop(node);
     }
 }
+
+/// A service with API keys (`shop`, key `k-secret` with id `crm`), imported and activated.
+fn keyed_shop(client: &Client, dir: &Path, url: &str) {
+    let service = dir.join("keyed");
+    std::fs::create_dir_all(&service).unwrap();
+    std::fs::write(
+        service.join("customers.csv"),
+        "id,name,city\n1,Ann,Paris\n2,Bob,Lyon\n",
+    )
+    .unwrap();
+    std::fs::write(
+        service.join("service.toml"),
+        r#"
+[service]
+id = "shop"
+
+[auth]
+mode = "api-keys"
+keys = [{ id = "crm", key = "k-secret" }]
+
+[[datasets]]
+name = "customers"
+path = "customers.csv"
+
+[[endpoints]]
+id = "customer"
+kind = "dataset-lookup"
+lookup = { dataset = "customers", keys = ["id"] }
+"#,
+    )
+    .unwrap();
+    let archive = dir.join("keyed.zip");
+    let status = std::process::Command::new(super::BIN)
+        .args(["bundle", "build"])
+        .arg(&service)
+        .arg("-o")
+        .arg(&archive)
+        .args(["--version", "v1"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for (path, body) in [
+        (
+            "services",
+            Some(r#"{"serviceId": "shop"}"#.as_bytes().to_vec()),
+        ),
+        (
+            "services/shop/generations/actions/upload",
+            Some(std::fs::read(&archive).unwrap()),
+        ),
+        ("services/shop/actions/switchToNewest", None),
+    ] {
+        let request = admin(
+            client,
+            reqwest::Method::POST,
+            format!("{url}/admin/api/{path}"),
+        );
+        let request = match body {
+            Some(body) => request.body(body),
+            None => request,
+        };
+        assert_eq!(request.send().unwrap().status(), 200, "{path}");
+    }
+}
+
+/// Per-service policies and the other durability modes: `payloads = false` keeps inputs and
+/// outputs out, `max_payload_bytes` cuts them and marks the record, `sample = 0` logs nothing
+/// (and answers without `X-Request-Id`); `async` and `fsync` lose nothing on a clean run; a
+/// user query with a wrong key is an auth record, with the key id of a right one in the
+/// query's record.
+#[test]
+fn service_policies_and_durability_modes() {
+    struct Case {
+        config: &'static str,
+        expect: fn(&[(String, Value)]),
+    }
+    let cases = [
+        Case {
+            config: "durability = \"async\"\n[audit.services.shop]\npayloads = false\n",
+            expect: |records| {
+                let queries: Vec<_> = records
+                    .iter()
+                    .filter(|(f, _)| f.starts_with("service=shop/"))
+                    .collect();
+                assert_eq!(queries.len(), 3, "{queries:?}");
+                for (_, record) in queries {
+                    assert!(record.get("inputs").is_none_or(Value::is_null), "{record}");
+                    assert!(record.get("outputs").is_none_or(Value::is_null), "{record}");
+                    assert_eq!(record["api_key_id"], "crm");
+                }
+                let auth: Vec<_> = records
+                    .iter()
+                    .filter(|(f, _)| f.starts_with("_auth/"))
+                    .map(|(_, r)| r)
+                    .collect();
+                assert_eq!(auth.len(), 1, "{auth:?}");
+                assert_eq!(auth[0]["status"], 401);
+                assert_eq!(auth[0]["endpoint"], "customer");
+                assert!(!auth[0].to_string().contains("wrong-key"), "{}", auth[0]);
+            },
+        },
+        Case {
+            config: "durability = \"fsync\"\n[audit.services.shop]\nmax_payload_bytes = 8\n",
+            expect: |records| {
+                let queries: Vec<_> = records
+                    .iter()
+                    .filter(|(f, _)| f.starts_with("service=shop/"))
+                    .map(|(_, r)| r)
+                    .collect();
+                assert_eq!(queries.len(), 3, "{queries:?}");
+                assert!(
+                    queries
+                        .iter()
+                        .all(|r| r["truncated"] == true && r["outputs"].to_string().len() < 64),
+                    "{queries:?}"
+                );
+            },
+        },
+        Case {
+            config: "[audit.services.shop]\nsample = 0\n",
+            expect: |records| {
+                assert!(
+                    records.iter().all(|(f, _)| !f.starts_with("service=shop/")),
+                    "{records:?}"
+                );
+            },
+        },
+    ];
+    for case in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let config = format!(
+            "[audit]\nnode_id = \"n2\"\nsegment_max_age_ms = 50\n{}",
+            case.config
+        );
+        let node = start_with(&data_dir, &config);
+        let url = node.url.clone();
+        let client = Client::new();
+        keyed_shop(&client, dir.path(), &url);
+        let sampled_out = case.config.contains("sample = 0");
+        for id in 1..=3 {
+            let response = client
+                .post(format!("{url}/public/api/v1/shop/customer/lookup"))
+                .basic_auth("k-secret", Some(""))
+                .body(format!(r#"{{"data": {{"id": {id}}}}}"#))
+                .send()
+                .unwrap();
+            assert_eq!(response.status(), 200, "{config}");
+            assert_eq!(
+                response.headers().contains_key("x-request-id"),
+                !sampled_out,
+                "{config}"
+            );
+        }
+        let response = client
+            .post(format!("{url}/public/api/v1/shop/customer/lookup"))
+            .basic_auth("wrong-key", Some(""))
+            .body(r#"{"data": {"id": 1}}"#)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 401);
+        wait_drained(&client, &url);
+        (case.expect)(&store_records(&data_dir.join("audit-logs")));
+        node.stop();
+    }
+}
