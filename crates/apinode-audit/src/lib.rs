@@ -4,11 +4,12 @@
 //!
 //! [`AuditLog::open`] recovers what an earlier run left in the spool (a torn last line is cut,
 //! open segments are sealed) and starts a writer thread and an uploader task.
-//! [`AuditLog::log`] only enqueues: the writer group-commits whatever is queued into the spool's
-//! open segments (one per stream, service and hour), and the returned [`Logged`] resolves when
-//! the record is as durable as asked ([`Durability`]): at once (`async`), once written to the
-//! spool file (`write`: a killed process loses nothing), or once fsynced (`fsync`: a machine
-//! crash loses nothing). Segments are sealed by size or age and uploaded; a segment is deleted
+//! [`AuditLog::log`] never waits for another thread: a `write` record is appended to its open
+//! segment (one per stream, service and hour) by the caller's thread, with one syscall; an
+//! `async` or `fsync` record is queued and the writer thread group-commits whatever is queued.
+//! The returned [`Logged`] resolves when the record is as durable as asked ([`Durability`]):
+//! at once (`async`), once written to the spool file (`write`, already so when `log` returns:
+//! a killed process loses nothing), or once fsynced (`fsync`: a machine crash loses nothing). Segments are sealed by size or age and uploaded; a segment is deleted
 //! only after its upload succeeded, so a store that is down only makes the spool grow, up to a
 //! cap with a chosen policy ([`FullPolicy`]).
 //!

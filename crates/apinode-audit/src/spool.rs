@@ -1,9 +1,16 @@
-//! The spool: a writer thread that group-commits queued records into one open segment file
-//! per partition, seals segments by size or age, and hands sealed ones to the uploader.
+//! The spool: one open segment file per partition, records appended to it, segments sealed
+//! by size or age and handed to the uploader.
+//!
+//! A `write` record is appended by the caller's own thread (one `write` syscall under the
+//! segments' lock: no queue, no wake-up of another thread, and the record is in the file
+//! when `log` returns). `async` and `fsync` records are queued to a writer thread, which
+//! group-commits them (one `write` per segment per batch, one `fsync` per batch that asks
+//! for it) and also seals segments that grew old.
 //!
 //! Files in the spool directory: `<partition>~<segment>.open` (being written) and
-//! `<partition>~<segment>.jsonl` (sealed, waiting for upload). Only the writer touches `.open`
-//! files; only the uploader deletes `.jsonl` files.
+//! `<partition>~<segment>.jsonl` (sealed, waiting for upload). Only the segments' owner
+//! ([`Segments`], behind its lock) touches `.open` files; only the uploader deletes `.jsonl`
+//! files.
 
 use crate::error::{Error, Result};
 use crate::record::{AuditRecord, Partition};
@@ -124,6 +131,7 @@ enum Job {
 #[derive(Debug)]
 pub struct AuditLog {
     jobs: Mutex<Option<SyncSender<Job>>>,
+    segments: Arc<Mutex<Segments>>,
     counters: Arc<Counters>,
     config: AuditConfig,
     uploader: Uploader,
@@ -167,12 +175,16 @@ impl AuditLog {
         counters.spool_bytes.store(spool_bytes, Ordering::Relaxed);
         let uploader = Uploader::start(config.spool_dir.clone(), store, counters.clone());
         let (tx, rx) = std::sync::mpsc::sync_channel(config.queue_capacity);
-        let writer = Writer {
+        let segments = Arc::new(Mutex::new(Segments {
             config: config.clone(),
             counters: counters.clone(),
             open: HashMap::new(),
             last_segment: 0,
             uploader: uploader.clone(),
+        }));
+        let writer = Writer {
+            segments: segments.clone(),
+            tick: config.segment_max_age.min(Duration::from_secs(1)),
         };
         let thread = std::thread::Builder::new()
             .name("apinode-audit".into())
@@ -180,6 +192,7 @@ impl AuditLog {
             .map_err(|e| Error::io(&config.spool_dir, e))?;
         Ok(AuditLog {
             jobs: Mutex::new(Some(tx)),
+            segments,
             counters,
             config,
             uploader,
@@ -199,8 +212,9 @@ impl AuditLog {
             return ready(self.full(used));
         }
         let (done, waiting) = match durability {
+            Durability::Write => return ready(self.write_now(&record)),
             Durability::Async => (None, None),
-            Durability::Write | Durability::Fsync => {
+            Durability::Fsync => {
                 let (tx, rx) = oneshot::channel();
                 (Some(tx), Some(rx))
             }
@@ -226,6 +240,37 @@ impl AuditLog {
             }
             Err(TrySendError::Full(_)) => ready(self.full(used)),
             Err(TrySendError::Disconnected(_)) => ready(Err(Error::Closed)),
+        }
+    }
+
+    /// Appends a record to its segment from this thread: serialized before taking the lock,
+    /// written with one syscall under it.
+    fn write_now(&self, record: &AuditRecord) -> Result<()> {
+        if self
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+        {
+            return Err(Error::Closed);
+        }
+        let mut line = Vec::with_capacity(512);
+        serde_json::to_writer(&mut line, record)
+            .map_err(|e| Error::io(&self.config.spool_dir, std::io::Error::other(e.to_string())))?;
+        line.push(b'\n');
+        let partition = record.partition();
+        self.counters.queued.fetch_add(1, Ordering::Relaxed);
+        let appended = lock(&self.segments).append(&partition, &line, 1);
+        match appended {
+            Ok(Some(full)) => {
+                seal(full, &self.uploader);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::error!("audit record lost from the spool: {e}");
+                Err(e)
+            }
         }
     }
 
@@ -332,17 +377,20 @@ fn recover(dir: &Path) -> Result<u64> {
     Ok(total)
 }
 
+#[derive(Debug)]
 struct Segment {
     file: File,
     path: PathBuf,
     bytes: u64,
     records: u64,
     opened: Instant,
-    /// Whether bytes were written since the last fsync.
-    dirty: bool,
 }
 
-struct Writer {
+/// The open segments, shared by the callers' threads (`write` records) and the writer
+/// thread (queued records, sealing). Nothing slow happens under its lock: records are
+/// serialized before, segments are fsynced and renamed after (see [`seal`]).
+#[derive(Debug)]
+struct Segments {
     config: AuditConfig,
     counters: Arc<Counters>,
     open: HashMap<Partition, Segment>,
@@ -351,41 +399,32 @@ struct Writer {
     uploader: Uploader,
 }
 
+fn lock(segments: &Mutex<Segments>) -> std::sync::MutexGuard<'_, Segments> {
+    segments.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The writer thread: group-commits queued records and seals segments that grew old.
+struct Writer {
+    segments: Arc<Mutex<Segments>>,
+    tick: Duration,
+}
+
 /// Records written together at most (the rest waits for the next round).
 const BATCH: usize = 4096;
 
-impl Writer {
-    fn run(mut self, jobs: Receiver<Job>) {
-        let tick = self.config.segment_max_age.min(Duration::from_secs(1));
-        loop {
-            let first = match jobs.recv_timeout(tick) {
-                Ok(job) => job,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.seal_old();
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            let mut batch = vec![first];
-            while batch.len() < BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            self.commit(batch);
-            self.seal_old();
-        }
-        self.seal_all();
-    }
+/// A batch of queued records, serialized: the lines of each partition, who waits for what,
+/// and the requests to seal everything.
+#[derive(Default)]
+struct Batch {
+    lines: HashMap<Partition, (Vec<u8>, u64)>,
+    waiters: Vec<(Partition, Durability, oneshot::Sender<Result<()>>)>,
+    seal_requests: Vec<oneshot::Sender<()>>,
+}
 
-    /// Writes a batch: one `write` per touched segment, one fsync per segment if any record
-    /// asked for it, then the answers.
-    fn commit(&mut self, batch: Vec<Job>) {
-        let mut lines: HashMap<Partition, (Vec<u8>, u64)> = HashMap::new();
-        let mut waiters: Vec<(Partition, Durability, oneshot::Sender<Result<()>>)> = Vec::new();
-        let mut seal_requests = Vec::new();
-        for job in batch {
+impl Batch {
+    fn of(jobs: Vec<Job>) -> Batch {
+        let mut batch = Batch::default();
+        for job in jobs {
             match job {
                 Job::Record {
                     record,
@@ -393,39 +432,89 @@ impl Writer {
                     done,
                 } => {
                     let partition = record.partition();
-                    let entry = lines.entry(partition.clone()).or_default();
+                    let entry = batch.lines.entry(partition.clone()).or_default();
                     if serde_json::to_writer(&mut entry.0, &*record).is_ok() {
                         entry.0.push(b'\n');
                         entry.1 += 1;
                     }
                     if let Some(done) = done {
-                        waiters.push((partition, durability, done));
+                        batch.waiters.push((partition, durability, done));
                     }
                 }
-                Job::SealAll(done) => seal_requests.push(done),
+                Job::SealAll(done) => batch.seal_requests.push(done),
             }
         }
+        batch
+    }
+}
+
+impl Writer {
+    fn run(self, jobs: Receiver<Job>) {
+        loop {
+            let first = match jobs.recv_timeout(self.tick) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    let old = lock(&self.segments).take_old();
+                    self.seal(old);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut jobs_now = vec![first];
+            while jobs_now.len() < BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => jobs_now.push(job),
+                    Err(_) => break,
+                }
+            }
+            let mut batch = Batch::of(jobs_now);
+            let seal_requests = std::mem::take(&mut batch.seal_requests);
+            let mut to_seal = {
+                let mut segments = lock(&self.segments);
+                let mut to_seal = segments.commit(batch);
+                to_seal.extend(segments.take_old());
+                if !seal_requests.is_empty() {
+                    to_seal.extend(segments.take_all());
+                }
+                to_seal
+            };
+            self.seal(std::mem::take(&mut to_seal));
+            for done in seal_requests {
+                let _ = done.send(());
+            }
+        }
+        let all = lock(&self.segments).take_all();
+        self.seal(all);
+    }
+
+    fn seal(&self, segments: Vec<Segment>) {
+        if segments.is_empty() {
+            return;
+        }
+        let uploader = lock(&self.segments).uploader.clone();
+        for segment in segments {
+            seal(segment, &uploader);
+        }
+    }
+}
+
+impl Segments {
+    /// Writes a batch: one `write` per touched segment, one fsync per segment if any record
+    /// asked for it, then the answers. Returns the segments that grew full, to seal.
+    fn commit(&mut self, batch: Batch) -> Vec<Segment> {
+        let Batch { lines, waiters, .. } = batch;
+        let mut to_seal = Vec::new();
         let mut failed: HashMap<Partition, String> = HashMap::new();
-        for (partition, (bytes, records)) in lines {
-            if let Err(e) = self.append(&partition, &bytes, records) {
-                tracing::error!("audit records lost from the spool: {e}");
-                failed.insert(partition, e.to_string());
-            }
-        }
-        let wants_sync: Vec<Partition> = waiters
-            .iter()
-            .filter(|(_, d, _)| *d == Durability::Fsync)
-            .map(|(p, _, _)| p.clone())
-            .collect();
-        for partition in wants_sync {
-            if let Some(segment) = self.open.get_mut(&partition)
-                && segment.dirty
-            {
-                match segment.file.sync_data() {
-                    Ok(()) => segment.dirty = false,
-                    Err(e) => {
-                        failed.insert(partition, format!("fsync: {e}"));
-                    }
+        for (partition, (bytes, records)) in &lines {
+            // A record asking for fsync is synced before its segment may be sealed.
+            let wants_sync = waiters
+                .iter()
+                .any(|(p, d, _)| p == partition && *d == Durability::Fsync);
+            match self.append_synced(partition, bytes, *records, wants_sync) {
+                Ok(full) => to_seal.extend(full),
+                Err(e) => {
+                    tracing::error!("audit records lost from the spool: {e}");
+                    failed.insert(partition.clone(), e.to_string());
                 }
             }
         }
@@ -439,21 +528,33 @@ impl Writer {
             };
             let _ = done.send(result);
         }
-        if !seal_requests.is_empty() {
-            self.seal_all();
-            for done in seal_requests {
-                let _ = done.send(());
-            }
-        }
+        to_seal
     }
 
-    fn append(&mut self, partition: &Partition, bytes: &[u8], records: u64) -> Result<()> {
+    /// Appends `records` lines to the partition's segment (opening one if needed); returns
+    /// the segment if it is now full, taken out to be sealed.
+    fn append(
+        &mut self,
+        partition: &Partition,
+        bytes: &[u8],
+        records: u64,
+    ) -> Result<Option<Segment>> {
+        self.append_synced(partition, bytes, records, false)
+    }
+
+    fn append_synced(
+        &mut self,
+        partition: &Partition,
+        bytes: &[u8],
+        records: u64,
+        sync: bool,
+    ) -> Result<Option<Segment>> {
         if !self.open.contains_key(partition) {
             let segment = self.create(partition)?;
             self.open.insert(partition.clone(), segment);
         }
         let Some(segment) = self.open.get_mut(partition) else {
-            return Ok(());
+            return Ok(None);
         };
         segment
             .file
@@ -461,15 +562,20 @@ impl Writer {
             .map_err(|e| Error::io(&segment.path, e))?;
         segment.bytes += bytes.len() as u64;
         segment.records += records;
-        segment.dirty = true;
+        if sync {
+            segment
+                .file
+                .sync_data()
+                .map_err(|e| Error::io(&segment.path, e))?;
+        }
         self.counters
             .spool_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         self.counters.written.fetch_add(records, Ordering::Relaxed);
         if segment.bytes >= self.config.segment_max_bytes {
-            self.seal(partition);
+            return Ok(self.open.remove(partition));
         }
-        Ok(())
+        Ok(None)
     }
 
     fn create(&mut self, partition: &Partition) -> Result<Segment> {
@@ -493,11 +599,11 @@ impl Writer {
             bytes: 0,
             records: 0,
             opened: Instant::now(),
-            dirty: false,
         })
     }
 
-    fn seal_old(&mut self) {
+    /// The segments open for longer than the maximum age, taken out to be sealed.
+    fn take_old(&mut self) -> Vec<Segment> {
         let max_age = self.config.segment_max_age;
         let old: Vec<Partition> = self
             .open
@@ -505,37 +611,30 @@ impl Writer {
             .filter(|(_, s)| s.opened.elapsed() >= max_age)
             .map(|(p, _)| p.clone())
             .collect();
-        for partition in old {
-            self.seal(&partition);
-        }
+        old.iter().filter_map(|p| self.open.remove(p)).collect()
     }
 
-    fn seal_all(&mut self) {
-        let all: Vec<Partition> = self.open.keys().cloned().collect();
-        for partition in all {
-            self.seal(&partition);
-        }
+    fn take_all(&mut self) -> Vec<Segment> {
+        self.open.drain().map(|(_, s)| s).collect()
     }
+}
 
-    /// Closes a segment and renames it sealed, so the uploader takes it.
-    fn seal(&mut self, partition: &Partition) {
-        let Some(segment) = self.open.remove(partition) else {
-            return;
-        };
-        // Sealed segments are fsynced whatever the durability: the uploader may delete the
-        // source of truth only after a complete copy exists somewhere.
-        if let Err(e) = segment.file.sync_all() {
-            tracing::warn!("cannot fsync {}: {e}", segment.path.display());
-        }
-        drop(segment.file);
-        let sealed = segment.path.with_extension(SEALED);
-        match std::fs::rename(&segment.path, &sealed) {
-            Ok(()) => self.uploader.wake(),
-            Err(e) => tracing::error!(
-                "cannot seal {} ({} records): {e}; it is sealed at the next start",
-                segment.path.display(),
-                segment.records
-            ),
-        }
+/// Closes a segment and renames it sealed, so the uploader takes it. Done outside the
+/// segments' lock: its fsync may take milliseconds.
+fn seal(segment: Segment, uploader: &Uploader) {
+    // Sealed segments are fsynced whatever the durability: the uploader may delete the
+    // source of truth only after a complete copy exists somewhere.
+    if let Err(e) = segment.file.sync_all() {
+        tracing::warn!("cannot fsync {}: {e}", segment.path.display());
+    }
+    drop(segment.file);
+    let sealed = segment.path.with_extension(SEALED);
+    match std::fs::rename(&segment.path, &sealed) {
+        Ok(()) => uploader.wake(),
+        Err(e) => tracing::error!(
+            "cannot seal {} ({} records): {e}; it is sealed at the next start",
+            segment.path.display(),
+            segment.records
+        ),
     }
 }
