@@ -188,6 +188,18 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     text
 }
 
+/// The PostgreSQL type a lookup type is written and bound as.
+pub(crate) fn pg_type(key_type: KeyType) -> Type {
+    match key_type {
+        KeyType::String => Type::TEXT,
+        KeyType::Int64 => Type::INT8,
+        KeyType::Float64 => Type::FLOAT8,
+        KeyType::Boolean => Type::BOOL,
+        KeyType::Date => Type::DATE,
+        KeyType::Timestamp => Type::TIMESTAMPTZ,
+    }
+}
+
 /// `schema.table` or `table`, each part quoted as an identifier.
 pub fn quote_table(table: &str) -> String {
     table
@@ -813,17 +825,7 @@ async fn load(
         ))
         .await
         .map_err(err)?;
-    let types: Vec<Type> = columns
-        .iter()
-        .map(|(_, t)| match t {
-            KeyType::String => Type::TEXT,
-            KeyType::Int64 => Type::INT8,
-            KeyType::Float64 => Type::FLOAT8,
-            KeyType::Boolean => Type::BOOL,
-            KeyType::Date => Type::DATE,
-            KeyType::Timestamp => Type::TIMESTAMPTZ,
-        })
-        .collect();
+    let types: Vec<Type> = columns.iter().map(|(_, t)| pg_type(*t)).collect();
     let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &types);
     futures_util::pin_mut!(writer);
     let mut rows: u64 = 0;

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::exec::PG;
 use crate::json::{write_date, write_str, write_timestamp};
 use crate::key::{Converted, KeyType, convert};
-use crate::pg::{PgConnection, describe};
+use crate::pg::{PgConnection, describe, pg_type};
 use bytes::BytesMut;
 use deadpool_postgres::GenericClient;
 use serde_json::{Map, Value};
@@ -404,7 +404,7 @@ impl ReferencedSql {
             .config
             .placeholder_types(statement)
             .into_iter()
-            .map(pg_param_type)
+            .map(pg_type)
             .collect();
         client
             .prepare_typed_cached(&statement.sql, &types)
@@ -500,17 +500,6 @@ impl ReferencedSql {
             columns,
             rows: texts,
         })
-    }
-}
-
-fn pg_param_type(key_type: KeyType) -> Type {
-    match key_type {
-        KeyType::String => Type::TEXT,
-        KeyType::Int64 => Type::INT8,
-        KeyType::Float64 => Type::FLOAT8,
-        KeyType::Boolean => Type::BOOL,
-        KeyType::Date => Type::DATE,
-        KeyType::Timestamp => Type::TIMESTAMPTZ,
     }
 }
 

@@ -1,7 +1,7 @@
 //! The runtime: services, generations, the active sets, queries and admin operations.
 
 use crate::error::{Error, Result};
-use crate::generation::{Credentials, Handler, LoadedGeneration};
+use crate::generation::{Credentials, Endpoint, Handler, LoadedGeneration};
 use crate::metrics::{EndpointMetrics, Metrics, ServiceMetrics};
 use crate::prediction::{PredictOutput, enrich_batch, features_of, refuse_explanations};
 use crate::referenced::{Connections, PendingOutput};
@@ -343,106 +343,13 @@ impl Runtime {
                 .and_then(Value::as_array)
                 .map_or(0, Vec::len),
         };
-        let referenced_enrichment = match &endpoint.handler {
-            Handler::Predict(predict) => predict.enrichment.is_referenced(),
-            Handler::Worker(worker) => worker.enrichment.is_referenced(),
-            _ => false,
-        };
-        if referenced_enrichment && request.action != Action::Run {
-            let multi = request.action == Action::PredictMulti;
-            let records = match owned_records(request.body, multi) {
-                Ok(records) => records,
-                Err(e) => {
-                    endpoint.stats.record(items, 0, false);
-                    return Err(e);
-                }
-            };
-            let pending = PendingOutput::later(
-                records.len(),
-                record_when_done(generation, request.endpoint),
-                enrich_then_answer(
-                    generation.clone(),
-                    request.endpoint.to_owned(),
-                    records,
-                    multi,
-                ),
-            );
+        if let Some(later) = answer_later(generation, endpoint, request) {
+            let output = later.inspect_err(|_| endpoint.stats.record(items, 0, false))?;
             return Ok(CallResponse {
                 generation: generation.id.clone(),
                 key_id,
                 endpoint_kind: endpoint.kind.as_str(),
-                output: Output::Pending(pending),
-                endpoint_micros: 0,
-            });
-        }
-        if let Handler::Worker(worker) = &endpoint.handler {
-            let call = match request.action {
-                Action::Run => worker.run_call(request.body),
-                Action::Predict => refuse_explanations(request.body)
-                    .and_then(|()| features_of(request.body, "features"))
-                    .and_then(|features| worker.predict_call(&[features], false)),
-                _ => refuse_explanations(request.body)
-                    .and_then(|()| multi_features(request.body))
-                    .and_then(|records| worker.predict_call(&records, true)),
-            };
-            let mut call = match call {
-                Ok(call) => call,
-                Err(e) => {
-                    endpoint.stats.record(items, 0, false);
-                    return Err(e);
-                }
-            };
-            call.on_done = record_when_done(generation, request.endpoint);
-            return Ok(CallResponse {
-                generation: generation.id.clone(),
-                key_id,
-                endpoint_kind: endpoint.kind.as_str(),
-                output: Output::Worker(call),
-                endpoint_micros: 0,
-            });
-        }
-        if let Handler::Sql(sql) = &endpoint.handler {
-            let query = match sql.query(request.body) {
-                Ok(query) => query,
-                Err(e) => {
-                    endpoint.stats.record(items, 0, false);
-                    return Err(Error::Sql { source: e });
-                }
-            };
-            return Ok(CallResponse {
-                generation: generation.id.clone(),
-                key_id,
-                endpoint_kind: endpoint.kind.as_str(),
-                output: Output::Pending(PendingOutput::sql(
-                    query,
-                    record_when_done(generation, request.endpoint),
-                )),
-                endpoint_micros: 0,
-            });
-        }
-        if let Handler::Referenced(lookup) = &endpoint.handler {
-            let records = match request.action {
-                Action::Lookup => lookup_data(request.body).map(|data| vec![data]),
-                _ => lookup_items(request.body),
-            };
-            let records = match records {
-                Ok(records) => records,
-                Err(e) => {
-                    endpoint.stats.record(items, 0, false);
-                    return Err(e);
-                }
-            };
-            let pending = PendingOutput::lookup(
-                lookup.query(&records),
-                records.len(),
-                request.action == Action::LookupMulti,
-                record_when_done(generation, request.endpoint),
-            );
-            return Ok(CallResponse {
-                generation: generation.id.clone(),
-                key_id,
-                endpoint_kind: endpoint.kind.as_str(),
-                output: Output::Pending(pending),
+                output,
                 endpoint_micros: 0,
             });
         }
@@ -1084,6 +991,70 @@ fn record_when_done(generation: &Arc<LoadedGeneration>, endpoint: &str) -> crate
         if let Some(endpoint) = held.endpoints.get(&name) {
             endpoint.stats.record(items, micros, ok);
         }
+    })
+}
+
+/// The answer of an endpoint that waits for I/O (a worker, a database), or `None` for one
+/// answered now. Its metrics are recorded when it finishes.
+fn answer_later(
+    generation: &Arc<LoadedGeneration>,
+    endpoint: &Endpoint,
+    request: &CallRequest<'_>,
+) -> Option<Result<Output>> {
+    let when_done = || record_when_done(generation, request.endpoint);
+    let multi = matches!(request.action, Action::PredictMulti | Action::LookupMulti);
+    let referenced_enrichment = match &endpoint.handler {
+        Handler::Predict(predict) => predict.enrichment.is_referenced(),
+        Handler::Worker(worker) => worker.enrichment.is_referenced(),
+        _ => false,
+    };
+    Some(match &endpoint.handler {
+        _ if referenced_enrichment && request.action != Action::Run => {
+            owned_records(request.body, multi).map(|records| {
+                Output::Pending(PendingOutput::later(
+                    records.len(),
+                    when_done(),
+                    enrich_then_answer(
+                        generation.clone(),
+                        request.endpoint.to_owned(),
+                        records,
+                        multi,
+                    ),
+                ))
+            })
+        }
+        Handler::Worker(worker) => {
+            let call = match request.action {
+                Action::Run => worker.run_call(request.body),
+                Action::Predict => refuse_explanations(request.body)
+                    .and_then(|()| features_of(request.body, "features"))
+                    .and_then(|features| worker.predict_call(&[features], false)),
+                _ => refuse_explanations(request.body)
+                    .and_then(|()| multi_features(request.body))
+                    .and_then(|records| worker.predict_call(&records, true)),
+            };
+            call.map(|mut call| {
+                call.on_done = when_done();
+                Output::Worker(call)
+            })
+        }
+        Handler::Sql(sql) => sql
+            .query(request.body)
+            .map(|query| Output::Pending(PendingOutput::sql(query, when_done())))
+            .map_err(|source| Error::Sql { source }),
+        Handler::Referenced(lookup) => match request.action {
+            Action::Lookup => lookup_data(request.body).map(|data| vec![data]),
+            _ => lookup_items(request.body),
+        }
+        .map(|records| {
+            Output::Pending(PendingOutput::lookup(
+                lookup.query(&records),
+                records.len(),
+                multi,
+                when_done(),
+            ))
+        }),
+        Handler::Lookup(_) | Handler::Predict(_) => return None,
     })
 }
 

@@ -225,10 +225,7 @@ impl QueryAudit {
     /// An item's output that is not in the response's bytes (an ignored lookup item).
     pub(super) fn output_value(&mut self, value: Value) {
         let max = self.policy.max_payload_bytes;
-        let output = self
-            .policy
-            .payloads
-            .then(|| payload_of_value(value, max));
+        let output = self.policy.payloads.then(|| payload_of_value(value, max));
         self.outputs.push(output);
     }
 
