@@ -452,6 +452,34 @@ pub fn model_reports(bundle: &Bundle) -> Result<Vec<(String, ModelSummary)>> {
     Ok(reports)
 }
 
+/// Plans the statements of every `sql-query` endpoint on bundled datasets, as a node would
+/// at import, and returns those endpoints' ids: `apinode bundle build` checks them with it,
+/// so a statement that names an unknown column (or would change bundled data) is found
+/// before the bundle travels. Endpoints on a connection are checked by the node that has it.
+pub fn check_bundled_sql(bundle: &Bundle) -> Result<Vec<String>> {
+    let manifest = bundle.manifest();
+    let mut tables = HashMap::new();
+    let mut checked = Vec::new();
+    for spec in &manifest.endpoints {
+        let Some(sql) = spec.sql.as_ref().filter(|s| s.connection.is_none()) else {
+            continue;
+        };
+        let unservable = |message: String| Error::Unservable {
+            generation: manifest.version.clone(),
+            message: format!("endpoint `{}`: {message}", spec.id),
+        };
+        let datasets = sql
+            .datasets
+            .iter()
+            .map(|d| table_for(bundle, &mut tables, d))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(unservable)?;
+        BundledSql::new(&datasets, sql_config(sql)).map_err(|e| unservable(e.to_string()))?;
+        checked.push(spec.id.clone());
+    }
+    Ok(checked)
+}
+
 fn table_for(
     bundle: &Bundle,
     tables: &mut HashMap<String, Arc<Table>>,

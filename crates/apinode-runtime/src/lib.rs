@@ -27,7 +27,9 @@ mod workers;
 
 pub use admin_keys::AdminKeyInfo;
 pub use error::{Error, Result};
-pub use generation::{Credentials, MemoryReport, SERVED_KINDS, memory_report, model_reports};
+pub use generation::{
+    Credentials, MemoryReport, SERVED_KINDS, check_bundled_sql, memory_report, model_reports,
+};
 pub use metrics::{EndpointMetrics, Metrics, ServiceMetrics};
 pub use prediction::{PredictOutput, ignore_reason_code, write_result as write_prediction_result};
 pub use referenced::{PendingOutput, Resolved};

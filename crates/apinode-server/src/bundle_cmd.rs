@@ -23,6 +23,17 @@ pub(crate) fn build(dir: &Path, output: &Path, version: Option<String>) -> anyho
             dir.display()
         )));
     }
+    // Plan every SQL statement on bundled data as a node would.
+    let statements = Bundle::open(output, &Limits::default())
+        .map_err(anyhow::Error::from)
+        .and_then(|bundle| Ok(apinode_runtime::check_bundled_sql(&bundle)?));
+    if let Err(e) = statements {
+        let _ = std::fs::remove_file(output);
+        return Err(e.context(format!(
+            "cannot build a bundle from {}: a SQL statement does not run on the bundled datasets",
+            dir.display()
+        )));
+    }
     let m = &report.manifest;
     println!(
         "built {} ({}): service `{}`, generation `{}`, {} endpoint(s), {} dataset(s), {} file(s)",

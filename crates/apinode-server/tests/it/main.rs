@@ -634,3 +634,53 @@ fn bundle_build_loads_every_model_and_inspect_describes_them() {
         "{stderr}"
     );
 }
+
+/// `bundle build` plans SQL statements on bundled datasets as a node would: one naming an
+/// unknown column fails the build, names the endpoint, the statement and the column, and
+/// leaves no archive.
+#[test]
+fn bundle_build_plans_sql_on_bundled_datasets() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = dir.path().join("svc");
+    std::fs::create_dir_all(&service).unwrap();
+    std::fs::write(
+        service.join("customers.csv"),
+        "id,name,city\n1,Ann,Paris\n2,Bob,Lyon\n",
+    )
+    .unwrap();
+    let write_toml = |column: &str| {
+        std::fs::write(
+            service.join("service.toml"),
+            format!(
+                "[service]\nid = \"sql\"\n\n[[datasets]]\nname = \"customers\"\npath = \"customers.csv\"\n\n\
+                 [[endpoints]]\nid = \"by-city\"\nkind = \"sql-query\"\n[endpoints.sql]\ndatasets = [\"customers\"]\n\
+                 statements = [{{ sql = \"SELECT 1\" }}, {{ sql = \"SELECT {column} FROM customers WHERE city = ?\", params = [\"city\"] }}]\n\
+                 parameters = [{{ name = \"city\", type = \"string\" }}]\n"
+            ),
+        )
+        .unwrap();
+    };
+    let archive = dir.path().join("sql.zip");
+    let build = || {
+        bundle_cli(&[
+            "build".as_ref(),
+            service.as_os_str(),
+            "-o".as_ref(),
+            archive.as_os_str(),
+        ])
+    };
+    write_toml("nickname");
+    let (ok, _, stderr) = build();
+    assert!(!ok);
+    assert!(
+        stderr.contains("a SQL statement does not run on the bundled datasets")
+            && stderr.contains("endpoint `by-city`: statements[1]")
+            && stderr.contains("nickname"),
+        "{stderr}"
+    );
+    assert!(!archive.exists());
+    write_toml("name");
+    let (ok, stdout, stderr) = build();
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("1 endpoint(s)"), "{stdout}");
+}
