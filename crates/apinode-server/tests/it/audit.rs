@@ -590,3 +590,160 @@ fn service_policies_and_durability_modes() {
         node.stop();
     }
 }
+
+/// moto, an S3-compatible server (from PyPI, in the tests' virtualenv: `APINODE_PYTHON`), on
+/// `port`, with a bucket `audit`; killed when dropped. moto keeps its objects in memory, so a
+/// restarted one starts empty.
+struct Moto {
+    child: std::process::Child,
+    python: std::ffi::OsString,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start(port: u16) -> Moto {
+        let python = std::env::var_os("APINODE_PYTHON").expect(
+            "APINODE_PYTHON is not set: `cargo xtask ci` sets it to the virtualenv's python, \
+             which has moto[server]",
+        );
+        let child = std::process::Command::new(&python)
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto starts");
+        let moto = Moto {
+            child,
+            python,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        // Ready when the bucket can be created (accepting connections can precede the app).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while moto.boto("s3.create_bucket(Bucket='audit')").is_none() {
+            assert!(Instant::now() < deadline, "moto did not start within 60 s");
+        }
+        moto
+    }
+
+    /// Runs `statement` with `s3` a boto3 client of this server; its stdout, or `None` if it
+    /// failed.
+    fn boto(&self, statement: &str) -> Option<String> {
+        let script = format!(
+            "import boto3\ns3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', \
+             aws_secret_access_key='test', region_name='us-east-1')\n{statement}\n",
+            self.endpoint
+        );
+        let out = std::process::Command::new(&self.python)
+            .args(["-c", &script])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Every record under `logs/service=shop/`, one JSON line each.
+    fn query_records(&self) -> Vec<Value> {
+        let listing = self
+            .boto(
+                "pages = s3.get_paginator('list_objects_v2').paginate(Bucket='audit', \
+                 Prefix='logs/service=shop/')\n\
+                 for page in pages:\n    for o in page.get('Contents', []):\n        \
+                 print(s3.get_object(Bucket='audit', Key=o['Key'])['Body'].read().decode(), end='')",
+            )
+            .expect("the store lists");
+        listing
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The S3 store down in the middle of the load: queries keep being answered, the spool
+/// grows, and once the store is back every answered query has exactly one record in it.
+#[test]
+fn nothing_answered_is_lost_through_an_s3_outage() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let moto = Moto::start(port);
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let node = start_with(
+        &data_dir,
+        &format!(
+            "[audit]\nnode_id = \"s3n\"\nstore = \"s3://audit/logs\"\nsegment_max_age_ms = 50\n\
+             [audit.options]\naws_endpoint = \"{}\"\naws_allow_http = \"true\"\n\
+             aws_region = \"us-east-1\"\naws_access_key_id = \"test\"\n\
+             aws_secret_access_key = \"test\"\n",
+            moto.endpoint
+        ),
+    );
+    let url = node.url.clone();
+    let client = Client::new();
+    shop(&client, dir.path(), &url);
+    let query = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let response = client
+                    .post(format!("{url}/public/api/v1/shop/customer/lookup"))
+                    .body(format!(r#"{{"data": {{"id": {}}}}}"#, 1 + i % 2))
+                    .send()
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                response.headers()["x-request-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let before = query(20);
+    wait_drained(&client, &url);
+    let uploaded_before = moto.query_records();
+
+    drop(moto);
+    let during = query(30);
+    let metrics = audit_metrics(&client, &url);
+    assert!(metrics["spoolBytes"].as_u64().unwrap() > 0, "{metrics}");
+    // Let the uploader fail and back off at least once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while audit_metrics(&client, &url)["uploadFailures"] == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no upload failed while S3 was down"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let moto = Moto::start(port);
+    wait_drained(&client, &url);
+    let uploaded_after = moto.query_records();
+    let mut ids: Vec<String> = uploaded_before
+        .iter()
+        .chain(&uploaded_after)
+        .map(|r| r["request_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let mut answered: Vec<String> = before.into_iter().chain(during).collect();
+    answered.sort();
+    assert_eq!(ids, answered, "each answered query has exactly one record");
+    node.stop();
+}
