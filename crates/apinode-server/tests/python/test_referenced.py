@@ -51,6 +51,26 @@ columns = ["customer_id"]
 on_multiple_matches = "ignore"
 """
 
+# An R predictor whose records are enriched from the customers (bundled, or referenced).
+ENRICHED = """
+[[endpoints]]
+id = "tier"
+kind = "r-prediction"
+r = { code = "tier.R", function = "tier" }
+[[endpoints.enrich]]
+dataset = "customers"
+keys = [{ column = "customer_id", input = "customer" }]
+columns = ["score", "country"]
+on_no_match = "ignore"
+"""
+
+TIER_R = """
+tier <- function(df) {
+  list(prediction = ifelse(is.na(df$score), "unknown",
+                           ifelse(df$score > 50, paste0("high-", df$country), "low")))
+}
+"""
+
 # SQL endpoints, on the bundled dataset (DataFusion) or the synced table (PostgreSQL).
 SQL_ENDPOINTS = """
 [[endpoints]]
@@ -104,6 +124,7 @@ def both(start_node, apinode_bin: Path, bundles: Bundles, tmp_path_factory) -> t
     for mode in ("bundled", "referenced"):
         folder = work / mode
         folder.mkdir()
+        (folder / "tier.R").write_text(TIER_R)
         if mode == "bundled":
             (folder / "customers.csv").write_bytes(csv.read_bytes())
             dataset = 'path = "customers.csv"'
@@ -126,7 +147,7 @@ def both(start_node, apinode_bin: Path, bundles: Bundles, tmp_path_factory) -> t
             )
         (folder / "service.toml").write_text(
             f'[service]\nid = "{SERVICE}"\n\n[auth]\nmode = "public"\n\n'
-            f'[[datasets]]\nname = "customers"\n{dataset}\n{ENDPOINTS}{sql}'
+            f'[[datasets]]\nname = "customers"\n{dataset}\n{ENDPOINTS}{ENRICHED}{sql}'
         )
         archive = build_bundle(apinode_bin, folder, work / f"{mode}.zip", "v1")
         node = start_node(config=config)
@@ -193,6 +214,21 @@ def test_the_raw_bytes_are_the_same_too(both, bundles: Bundles):
         return r.content.split(b',"timing"')[0]
 
     assert results(referenced) == results(bundled)
+
+
+def test_enrichment_from_a_referenced_table_equals_bundled(both, bundles: Bundles):
+    bundled, referenced = both
+    rows = bundles.rows["v1"]
+    records = [{"features": {"customer": r["customer_id"]}} for r in rows[:40]]
+    records.append({"features": {"customer": 1}})  # no such customer: ignored
+    want = client(bundled).predict_records("tier", records)["results"]
+    got = client(referenced).predict_records("tier", records)["results"]
+    assert got == want
+    assert want[-1]["ignored"] is True and want[-1]["ignoreReason"] == "NO_LOOKUP_MATCH"
+    predictions = {r.get("prediction") for r in want[:-1]}
+    assert any(p.startswith("high-") for p in predictions if p), predictions
+    one = client(referenced).predict_record("tier", {"customer": rows[0]["customer_id"]})
+    assert one["result"] == want[0]
 
 
 def test_sql_queries_answer_the_same_in_both_modes(both, bundles: Bundles):
