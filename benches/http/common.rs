@@ -1,12 +1,15 @@
 //! What the HTTP benchmarks share (`http.rs`: lookup and predict against a bare hyper server;
-//! `python.rs`: Python and R endpoints against FastAPI + uvicorn): pinning the servers and the
-//! load generator to their cores, starting and stopping server processes, `perf` recording,
-//! the bare hyper ceiling and the stall probe (both run by re-executing the bench binary), and
-//! the load generator itself (a minimal HTTP/1.1 client, closed or open loop, hdrhistogram).
+//! `python.rs`: Python and R endpoints against FastAPI + uvicorn): pinning the servers and
+//! the load generator to their cores, starting and stopping server processes, `perf`
+//! recording, the bare hyper ceiling and the stall probe (both run by re-executing the bench
+//! binary), the load generator itself (a minimal HTTP/1.1 client, closed or open loop,
+//! hdrhistogram), and the generated customers service (its bundle, its deployment on a node,
+//! its lookup requests).
 //!
 //! A library target of the `apinode-bench-http` package rather than a module each bench
 //! includes, so an item only one bench uses is not dead code in the other.
 
+use apinode_benches::{bench_rows, customer_key, customers_table, write_churn_model};
 use base64::Engine;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -53,6 +56,64 @@ pub fn reexecuted_role() -> bool {
         return true;
     }
     false
+}
+
+/// How long a bench runs and on how much data: a full run (`--bench`, that is `cargo bench`)
+/// or a smoke run (`cargo test --benches`), and the environment's knobs.
+#[derive(Debug)]
+pub struct Settings {
+    pub full: bool,
+    /// `APINODE_BENCH_ROWS`: the customers table's rows (1M in a full run, 10,000 in smoke).
+    pub rows: usize,
+    pub warm_up: Duration,
+    /// `APINODE_BENCH_SECONDS`: each measured phase (10 s in a full run, 1 s in smoke).
+    pub phase: Duration,
+    /// `APINODE_BENCH_PERF`: `perf record` each server during its max-load phase, with
+    /// these call-graph arguments (`=dwarf` for code built without frame pointers).
+    pub perf: Option<&'static [&'static str]>,
+}
+
+impl Settings {
+    pub fn new(full: bool) -> Settings {
+        let seconds = env_var("APINODE_BENCH_SECONDS").and_then(|v| v.parse::<f64>().ok());
+        let perf = env_var("APINODE_BENCH_PERF").filter(|v| v != "0").map(
+            |v| -> &'static [&'static str] {
+                if v == "dwarf" {
+                    &["--call-graph", "dwarf,16384"]
+                } else {
+                    &["-g"]
+                }
+            },
+        );
+        if full {
+            Settings {
+                full,
+                rows: bench_rows(),
+                warm_up: Duration::from_secs(2),
+                phase: Duration::from_secs_f64(seconds.unwrap_or(10.0)),
+                perf,
+            }
+        } else {
+            Settings {
+                full,
+                rows: env_var("APINODE_BENCH_ROWS")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(10_000),
+                warm_up: Duration::from_millis(200),
+                phase: Duration::from_secs_f64(seconds.unwrap_or(1.0)),
+                perf,
+            }
+        }
+    }
+
+    pub fn mode(&self) -> &'static str {
+        if self.full { "full" } else { "smoke" }
+    }
+}
+
+/// An environment variable, unless unset or empty.
+pub fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -219,21 +280,39 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
+impl Server {
+    /// Stops the server with SIGTERM, waiting up to `grace` for it to exit before SIGKILL
+    /// (a node drains its connections and closes its audit log first); returns whether it
+    /// exited by itself.
+    pub fn stop(mut self, grace: Duration) -> bool {
+        self.terminate(grace)
+    }
+
+    fn terminate(&mut self, grace: Duration) -> bool {
+        // Already reaped (by `stop`): the child's pid may belong to another process now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return true;
+        }
         // SIGTERM through the `kill` command: the workspace forbids unsafe code.
         let _ = Command::new("kill")
             .arg(self.child.id().to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        false
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.terminate(Duration::from_secs(10));
     }
 }
 
@@ -376,6 +455,21 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// `nproc --all`: the machine's cores, whatever this process is pinned to.
+pub fn core_count() -> String {
+    Command::new("nproc")
+        .arg("--all")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "?".to_owned(), |s| s.trim().to_owned())
+}
+
+/// `2 × AMD EPYC ...`, for the reports.
+pub fn machine() -> String {
+    format!("{} × {}", core_count(), cpu_model())
+}
+
 // ---------------------------------------------------------------------------------------
 // The ceiling: a bare hyper server, run by this same executable re-executed
 
@@ -472,6 +566,17 @@ pub fn stall_probes(pinning: &Pinning, seconds: f64) -> Option<[Value; 2]> {
         serde_json::from_slice(&output.stdout).expect("the stall probe's JSON")
     });
     Some([results.next()?, results.next()?])
+}
+
+/// One core's stall probe result, as the reports print it.
+pub fn describe_stalls(probe: &Value) -> String {
+    format!(
+        "{:.1} pauses > {} µs per second, {:.1} ms/s lost, longest {} µs",
+        probe["stalls_per_second"].as_f64().unwrap_or(0.0),
+        STALL_THRESHOLD.as_micros(),
+        probe["lost_ms_per_second"].as_f64().unwrap_or(0.0),
+        probe["longest_us"]
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -629,6 +734,20 @@ impl Phase {
         self.latency.value_at_quantile(q)
     }
 
+    /// One line for the bench's progress on stderr.
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.0} req/s, p50 {} µs, p99 {} µs, {} errors, server {:.2} cores, load generator {:.2} cores, send lateness p99 {} µs",
+            self.rate(),
+            self.quantile_us(0.5),
+            self.quantile_us(0.99),
+            self.errors,
+            self.server_cpu,
+            self.client_cpu,
+            self.lateness.value_at_quantile(0.99),
+        )
+    }
+
     pub fn json(&self) -> Value {
         json!({
             "requests": self.requests,
@@ -754,4 +873,147 @@ pub async fn wait_until(t: Instant) {
             tokio::task::yield_now().await;
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The customers service: the generated table behind a lookup endpoint, and the churn model
+
+pub const SERVICE: &str = "bench";
+pub const ENDPOINT: &str = "customer";
+pub const PREDICT_ENDPOINT: &str = "churn";
+/// Distinct request bodies, drawn once with a fixed seed; every run sends the same sequence.
+pub const KEYS: usize = 100_000;
+
+pub fn lookup_path() -> String {
+    format!("/public/api/v1/{SERVICE}/{ENDPOINT}/lookup")
+}
+
+/// The customers service's bundle, built by the node's own `apinode bundle build`.
+#[derive(Debug)]
+pub struct CustomersBundle {
+    pub path: PathBuf,
+    /// The table as the bundle's Parquet source, for building an identical lookup in process.
+    pub parquet: PathBuf,
+}
+
+/// Writes the service folder under `work` (`rows` generated customers as Parquet, a
+/// `dataset-lookup` endpoint keyed on `key`, a `prediction` endpoint on the churn model) and
+/// builds it into `work/bench-v1.zip`.
+pub fn build_customers_bundle(node_bin: &Path, work: &Path, rows: usize) -> CustomersBundle {
+    let started = Instant::now();
+    let table = customers_table(rows);
+    let folder = work.join("service");
+    std::fs::create_dir_all(&folder).expect("create the service folder");
+    let parquet = folder.join("customers.parquet");
+    {
+        let file = std::fs::File::create(&parquet).expect("create the parquet file");
+        let mut writer = parquet::arrow::ArrowWriter::try_new(file, table.batch().schema(), None)
+            .expect("writer");
+        writer.write(table.batch()).expect("write parquet");
+        writer.close().expect("close parquet");
+    }
+    drop(table);
+    std::fs::write(
+        folder.join("service.toml"),
+        format!(
+            r#"[service]
+id = "{SERVICE}"
+
+[auth]
+mode = "public"
+
+[[datasets]]
+name = "customers"
+path = "customers.parquet"
+
+[[endpoints]]
+id = "{ENDPOINT}"
+kind = "dataset-lookup"
+[endpoints.lookup]
+dataset = "customers"
+keys = ["key"]
+
+[[endpoints]]
+id = "{PREDICT_ENDPOINT}"
+kind = "prediction"
+model = {{ path = "model" }}
+"#
+        ),
+    )
+    .expect("write service.toml");
+    write_churn_model(&folder.join("model")).expect("write the model export");
+    let path = work.join("bench-v1.zip");
+    let status = Command::new(node_bin)
+        .args(["bundle", "build"])
+        .arg(&folder)
+        .arg("-o")
+        .arg(&path)
+        .args(["--version", "v1"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run apinode bundle build");
+    assert!(status.success(), "apinode bundle build failed");
+    eprintln!(
+        "bundle of {rows} rows built in {:.1} s ({} bytes)",
+        started.elapsed().as_secs_f64(),
+        std::fs::metadata(&path).map_or(0, |m| m.len())
+    );
+    CustomersBundle { path, parquet }
+}
+
+/// Creates the service on the node at `addr`, imports `bundle` (from its path) and activates
+/// it. Returns how long the creation and the import took.
+pub async fn deploy(addr: SocketAddr, bundle: &Path) -> Duration {
+    let started = Instant::now();
+    call(
+        addr,
+        "POST",
+        "/admin/api/services",
+        true,
+        format!(r#"{{"serviceId": "{SERVICE}"}}"#).as_bytes(),
+    )
+    .await;
+    let file_path = bundle.canonicalize().expect("an absolute bundle path");
+    call(
+        addr,
+        "POST",
+        &format!(
+            "/admin/api/services/{SERVICE}/generations/actions/importFromArchive?filePath={}",
+            percent_encode(&file_path.to_string_lossy())
+        ),
+        true,
+        b"",
+    )
+    .await;
+    let import = started.elapsed();
+    call(
+        addr,
+        "POST",
+        &format!("/admin/api/services/{SERVICE}/actions/switchToNewest"),
+        true,
+        b"",
+    )
+    .await;
+    import
+}
+
+/// `KEYS` lookup requests on random existing keys (xorshift, fixed seed), as whole HTTP/1.1
+/// requests ready to write. The first one's body is also returned, for the cold start.
+pub fn lookup_requests(rows: usize) -> (Arc<Vec<Bytes>>, String) {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let path = lookup_path();
+    let bodies: Vec<String> = (0..KEYS)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let key = customer_key((state % rows as u64) as usize);
+            format!(r#"{{"data": {{"key": "{key}"}}}}"#)
+        })
+        .collect();
+    let requests = bodies
+        .iter()
+        .map(|body| Bytes::from(http_request("POST", &path, false, body.as_bytes())))
+        .collect();
+    (Arc::new(requests), bodies[0].clone())
 }

@@ -33,25 +33,18 @@
 //! without frame pointers; it slows the server, so take figures from a run without it).
 
 use apinode_bench_http::{
-    ADMIN_KEY, CEILING_ENV, CLIENT_CORE, CONNECTIONS, Phase, Pinning, Profiler, SERVER_CORE,
-    STALL_THRESHOLD, Server, call, cpu_model, http_request, load, node_binary, percent_encode,
-    pin_self, proc_status_bytes, reexecuted_role, stall_probes, write_report,
+    ADMIN_KEY, CEILING_ENV, CLIENT_CORE, CONNECTIONS, KEYS, PREDICT_ENDPOINT, Phase, Pinning,
+    Profiler, SERVER_CORE, SERVICE, STALL_THRESHOLD, Server, Settings, build_customers_bundle,
+    call, core_count, cpu_model, deploy, describe_stalls, http_request, load, lookup_path,
+    lookup_requests, machine, node_binary, pin_self, proc_status_bytes, reexecuted_role,
+    stall_probes, write_report,
 };
-use apinode_benches::{
-    CHURN_CATEGORIES, CHURN_NUMERIC, bench_rows, customer_key, customers_table, write_churn_model,
-};
+use apinode_benches::{CHURN_CATEGORIES, CHURN_NUMERIC};
 use apinode_lookup::{Lookup, LookupConfig, Table};
 use bytes::Bytes;
 use serde_json::{Value, json};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const SERVICE: &str = "bench";
-const ENDPOINT: &str = "customer";
-const PREDICT_ENDPOINT: &str = "churn";
-/// Distinct request bodies, drawn once with a fixed seed; every run sends the same sequence.
-const KEYS: usize = 100_000;
 
 fn main() {
     if reexecuted_role() {
@@ -63,7 +56,7 @@ fn main() {
     let settings = Settings::new(full);
     eprintln!(
         "http bench ({}): {} rows, {CONNECTIONS} connections, {:?} phases; {}",
-        if full { "full" } else { "smoke" },
+        settings.mode(),
         settings.rows,
         settings.phase,
         pinning.describe()
@@ -72,56 +65,6 @@ fn main() {
     print!("{}", report.markdown);
     write_report("http", full, settings.perf.is_some(), &report.json);
     report.check(full);
-}
-
-struct Settings {
-    full: bool,
-    rows: usize,
-    warm_up: Duration,
-    phase: Duration,
-    /// `APINODE_BENCH_PERF`: `perf record` each server during its max-load phase, with
-    /// these call-graph arguments.
-    perf: Option<&'static [&'static str]>,
-}
-
-impl Settings {
-    fn new(full: bool) -> Settings {
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let seconds = env("APINODE_BENCH_SECONDS").and_then(|v| v.parse::<f64>().ok());
-        let perf =
-            env("APINODE_BENCH_PERF")
-                .filter(|v| v != "0")
-                .map(|v| -> &'static [&'static str] {
-                    if v == "dwarf" {
-                        &["--call-graph", "dwarf,16384"]
-                    } else {
-                        &["-g"]
-                    }
-                });
-        if full {
-            Settings {
-                full,
-                rows: bench_rows(),
-                warm_up: Duration::from_secs(2),
-                phase: Duration::from_secs_f64(seconds.unwrap_or(10.0)),
-                perf,
-            }
-        } else {
-            Settings {
-                full,
-                rows: env("APINODE_BENCH_ROWS")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(10_000),
-                warm_up: Duration::from_millis(200),
-                phase: Duration::from_secs_f64(seconds.unwrap_or(1.0)),
-                perf,
-            }
-        }
-    }
-}
-
-fn lookup_path() -> String {
-    format!("/public/api/v1/{SERVICE}/{ENDPOINT}/lookup")
 }
 
 fn predict_path() -> String {
@@ -159,27 +102,6 @@ fn predict_requests() -> (Arc<Vec<Bytes>>, String) {
             json!({"features": features, "explanations": {"enabled": null, "method": null,
                    "nExplanations": null, "nMonteCarloSteps": null}})
             .to_string()
-        })
-        .collect();
-    let requests = bodies
-        .iter()
-        .map(|body| Bytes::from(http_request("POST", &path, false, body.as_bytes())))
-        .collect();
-    (Arc::new(requests), bodies[0].clone())
-}
-
-/// `KEYS` lookup requests on random existing keys (xorshift, fixed seed), as whole HTTP/1.1
-/// requests ready to write. The first one's body is also returned, for the cold start.
-fn lookup_requests(rows: usize) -> (Arc<Vec<Bytes>>, String) {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let path = lookup_path();
-    let bodies: Vec<String> = (0..KEYS)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let key = customer_key((state % rows as u64) as usize);
-            format!(r#"{{"data": {{"key": "{key}"}}}}"#)
         })
         .collect();
     let requests = bodies
@@ -228,69 +150,11 @@ fn run(settings: &Settings, pinning: &Pinning) -> Report {
     let rows = settings.rows;
     let work = tempfile::tempdir().expect("a temp dir");
 
-    // The service folder and its bundle.
-    let started = Instant::now();
-    let table = customers_table(rows);
-    let folder = work.path().join("service");
-    std::fs::create_dir_all(&folder).expect("create the service folder");
-    let parquet_path = folder.join("customers.parquet");
-    {
-        let file = std::fs::File::create(&parquet_path).expect("create the parquet file");
-        let mut writer = parquet::arrow::ArrowWriter::try_new(file, table.batch().schema(), None)
-            .expect("writer");
-        writer.write(table.batch()).expect("write parquet");
-        writer.close().expect("close parquet");
-    }
-    drop(table);
-    std::fs::write(
-        folder.join("service.toml"),
-        format!(
-            r#"[service]
-id = "{SERVICE}"
-
-[auth]
-mode = "public"
-
-[[datasets]]
-name = "customers"
-path = "customers.parquet"
-
-[[endpoints]]
-id = "{ENDPOINT}"
-kind = "dataset-lookup"
-[endpoints.lookup]
-dataset = "customers"
-keys = ["key"]
-
-[[endpoints]]
-id = "{PREDICT_ENDPOINT}"
-kind = "prediction"
-model = {{ path = "model" }}
-"#
-        ),
-    )
-    .expect("write service.toml");
-    write_churn_model(&folder.join("model")).expect("write the model export");
-    let bundle = work.path().join("bench-v1.zip");
-    let status = Command::new(&node_bin)
-        .args(["bundle", "build"])
-        .arg(&folder)
-        .arg("-o")
-        .arg(&bundle)
-        .args(["--version", "v1"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("run apinode bundle build");
-    assert!(status.success(), "apinode bundle build failed");
-    eprintln!(
-        "bundle of {rows} rows built in {:.1} s ({} bytes)",
-        started.elapsed().as_secs_f64(),
-        std::fs::metadata(&bundle).map_or(0, |m| m.len())
-    );
+    let bundle = build_customers_bundle(&node_bin, work.path(), rows);
 
     // What the node holds, measured in process on an identical lookup.
     let (arrow_bytes, table_bytes, index_bytes) = {
-        let data = Bytes::from(std::fs::read(&parquet_path).expect("read parquet"));
+        let data = Bytes::from(std::fs::read(&bundle.parquet).expect("read parquet"));
         let table = Arc::new(Table::from_parquet("customers", data).expect("load parquet"));
         let arrow = table.batch().get_array_memory_size();
         let resident = table.resident_bytes();
@@ -317,35 +181,7 @@ model = {{ path = "model" }}
     let addr = node.addr;
     let (cold_total, cold_import, real_answer) = runtime.block_on(async {
         let t0 = Instant::now();
-        call(
-            addr,
-            "POST",
-            "/admin/api/services",
-            true,
-            format!(r#"{{"serviceId": "{SERVICE}"}}"#).as_bytes(),
-        )
-        .await;
-        let file_path = bundle.canonicalize().expect("an absolute bundle path");
-        call(
-            addr,
-            "POST",
-            &format!(
-                "/admin/api/services/{SERVICE}/generations/actions/importFromArchive?filePath={}",
-                percent_encode(&file_path.to_string_lossy())
-            ),
-            true,
-            b"",
-        )
-        .await;
-        let import = t0.elapsed();
-        call(
-            addr,
-            "POST",
-            &format!("/admin/api/services/{SERVICE}/actions/switchToNewest"),
-            true,
-            b"",
-        )
-        .await;
+        let import = deploy(addr, &bundle.path).await;
         let answer = call(addr, "POST", &lookup_path(), false, first_body.as_bytes()).await;
         (t0.elapsed(), import, answer)
     });
@@ -381,31 +217,20 @@ model = {{ path = "model" }}
     // Maximum load (closed loop), then half of the node's maximum (open loop), both servers;
     // each after a warm-up at the same load.
     let mut phases: Vec<(&'static str, Phase)> = Vec::new();
-    let mut phase = |name: &'static str,
-                     server: &Server,
-                     requests: &Arc<Vec<Bytes>>,
-                     rate: Option<f64>| {
-        let _ = runtime.block_on(load(server, requests, rate, settings.warm_up));
-        let profile = settings
-            .perf
-            .filter(|_| rate.is_none())
-            .map(|call_graph| Profiler::start(&format!("http-{name}"), server, call_graph));
-        let result = runtime.block_on(load(server, requests, rate, settings.phase));
-        drop(profile);
-        eprintln!(
-            "{name}: {:.0} req/s, p50 {} µs, p99 {} µs, {} errors, server {:.2} cores, load generator {:.2} cores, send lateness p99 {} µs",
-            result.rate(),
-            result.quantile_us(0.5),
-            result.quantile_us(0.99),
-            result.errors,
-            result.server_cpu,
-            result.client_cpu,
-            result.lateness.value_at_quantile(0.99),
-        );
-        let rate = result.rate();
-        phases.push((name, result));
-        rate
-    };
+    let mut phase =
+        |name: &'static str, server: &Server, requests: &Arc<Vec<Bytes>>, rate: Option<f64>| {
+            let _ = runtime.block_on(load(server, requests, rate, settings.warm_up));
+            let profile = settings
+                .perf
+                .filter(|_| rate.is_none())
+                .map(|call_graph| Profiler::start(&format!("http-{name}"), server, call_graph));
+            let result = runtime.block_on(load(server, requests, rate, settings.phase));
+            drop(profile);
+            eprintln!("{name}: {}", result.summary());
+            let rate = result.rate();
+            phases.push((name, result));
+            rate
+        };
     let node_max = phase("node_max", &node, &requests, None);
     let ceiling_max = phase("ceiling_max", &ceiling, &requests, None);
     let half = node_max / 2.0;
@@ -526,22 +351,16 @@ fn render(settings: &Settings, pinning: &Pinning, results: Results) -> Report {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mib = |b: u64| b as f64 / 1_048_576.0;
     let (half, predict_half) = (results.half, results.predict_half);
-    let nproc = Command::new("nproc")
-        .arg("--all")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map_or_else(|| "?".to_owned(), |s| s.trim().to_owned());
-    let machine = format!("{nproc} × {}", cpu_model());
+    let nproc = core_count();
 
     let mut md = String::new();
     let mut line = |text: String| {
         md.push_str(&text);
         md.push('\n');
     };
-    let mode = if settings.full { "full" } else { "smoke" };
+    let mode = settings.mode();
     line(format!("\n## apinode HTTP benchmark ({mode})\n"));
-    line(format!("- machine: {machine}"));
+    line(format!("- machine: {}", machine()));
     line(format!(
         "- table: {rows} rows; answer body {} bytes; {CONNECTIONS} keep-alive connections, one request in flight each; phases of {:.0} s, each after a {:.1} s warm-up at the same load",
         results.body_bytes,
@@ -550,19 +369,10 @@ fn render(settings: &Settings, pinning: &Pinning, results: Results) -> Report {
     ));
     line(format!("- pinning: {}", pinning.describe()));
     if let Some([core0, core1]) = &results.stalls {
-        let describe = |v: &Value| {
-            format!(
-                "{:.1} pauses > {} µs per second, {:.1} ms/s lost, longest {} µs",
-                v["stalls_per_second"].as_f64().unwrap_or(0.0),
-                STALL_THRESHOLD.as_micros(),
-                v["lost_ms_per_second"].as_f64().unwrap_or(0.0),
-                v["longest_us"]
-            )
-        };
         line(format!(
             "- the machine itself (a spinning loop, servers idle): core {SERVER_CORE}: {}; core {CLIENT_CORE}: {}",
-            describe(core0),
-            describe(core1)
+            describe_stalls(core0),
+            describe_stalls(core1)
         ));
     }
     line(format!(
