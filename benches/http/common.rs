@@ -1,5 +1,6 @@
 //! What the HTTP benchmarks share (`http.rs`: lookup and predict against a bare hyper server;
-//! `python.rs`: Python and R endpoints against FastAPI + uvicorn): pinning the servers and
+//! `python.rs`: Python and R endpoints against FastAPI + uvicorn; `audit.rs`: the lookup
+//! endpoint with the query audit log off and in each durability mode): pinning the servers and
 //! the load generator to their cores, starting and stopping server processes, `perf`
 //! recording, the bare hyper ceiling and the stall probe (both run by re-executing the bench
 //! binary), the load generator itself (a minimal HTTP/1.1 client, closed or open loop,

@@ -14,7 +14,9 @@
 //!   `lookup` (`benches/lookup.rs`) and `http` (`benches/http`: lookup and predict over HTTP,
 //!   against the release `apinode` binary built first); `python` (`benches/http/python.rs`:
 //!   the Python and R endpoints of the release binary against FastAPI + uvicorn, from a
-//!   virtualenv of `benches/http/python-requirements.txt`, `<target>/py-bench-venv`); `scoring`
+//!   virtualenv of `benches/http/python-requirements.txt`, `<target>/py-bench-venv`); `audit`
+//!   (`benches/http/audit.rs`: the lookup endpoint with the query audit log off, `async`,
+//!   `write` and `fsync`); `scoring`
 //!   (`crates/apinode-scoring/benches/scoring.rs`): apinode-scoring against `dataiku-scoring` in the Python virtualenv, on the models and rows
 //!   `crates/apinode-scoring/tests/python/make_bench_models.py` generates. ARGS go to the
 //!   benchmark (a criterion filter, for instance).
@@ -51,6 +53,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("lookup", "apinode-benches"),
     ("http", "apinode-bench-http"),
     ("python", "apinode-bench-http"),
+    ("audit", "apinode-bench-http"),
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -78,7 +81,7 @@ fn main() -> anyhow::Result<()> {
                     bench_apinode(&root, Some(name), &rest)
                 }
                 Some(other) => bail!(
-                    "no benchmark named `{other}`: the benchmarks are lookup, http, python and scoring"
+                    "no benchmark named `{other}`: the benchmarks are lookup, http, python, audit and scoring"
                 ),
             }
         }
