@@ -434,41 +434,56 @@ impl LogReader {
             .collect())
     }
 
-    /// The last `n` records of `stream` (of one service's queries when `service` is given), as
-    /// stored, oldest first: from the newest objects, reading back a day at a time until
-    /// there are `n`.
+    /// The last `n` records of `stream` (of one service's queries when `service` is given)
+    /// dated before `before` (all when `None`), as stored, newest last: from the newest
+    /// objects, listing a day at a time until there are `n`.
     pub async fn tail(
         &self,
         stream: Stream,
         service: Option<&str>,
         n: usize,
+        before: Option<NaiveDate>,
     ) -> Result<Vec<String>> {
-        if n == 0 {
-            return Ok(Vec::new());
-        }
         let bases = self.bases(stream, service).await?;
         let mut dates = BTreeSet::new();
         for base in &bases {
             for date in folders(&self.store, base, "date").await? {
-                dates.insert(date);
+                if let Ok(day) = NaiveDate::parse_from_str(&date, "%Y-%m-%d")
+                    && before.is_none_or(|before| day < before)
+                {
+                    dates.insert(date);
+                }
             }
         }
-        let mut newest_first: Vec<String> = Vec::new();
+        // Newest first: the last `n` lines are the first `n` in this order.
+        let mut lines: Vec<String> = Vec::new();
         for date in dates.iter().rev() {
+            if lines.len() >= n {
+                break;
+            }
             let mut objects = Vec::new();
             for base in &bases {
                 let folder = join(base, &format!("date={date}"));
                 objects.extend(list(&self.store, stream, &folder).await?);
             }
-            objects.sort_by(|a, b| b.order().cmp(&a.order()));
-            for object in &objects {
-                let lines = self.lines(object).await?;
-                newest_first.extend(lines.into_iter().rev().take(n - newest_first.len()));
-                if newest_first.len() == n {
-                    newest_first.reverse();
-                    return Ok(newest_first);
-                }
+            objects.sort_by(|a, b| a.order().cmp(&b.order()));
+            let older = self.last_lines(&objects, n - lines.len()).await?;
+            lines.extend(older.into_iter().rev());
+        }
+        lines.reverse();
+        Ok(lines)
+    }
+
+    /// The last `n` lines of `objects` (oldest first, as [`LogReader::objects`] gives them),
+    /// newest last, reading only the newest objects that hold them.
+    pub async fn last_lines(&self, objects: &[LogObject], n: usize) -> Result<Vec<String>> {
+        let mut newest_first = Vec::new();
+        for object in objects.iter().rev() {
+            if newest_first.len() >= n {
+                break;
             }
+            let lines = self.lines(object).await?;
+            newest_first.extend(lines.into_iter().rev().take(n - newest_first.len()));
         }
         newest_first.reverse();
         Ok(newest_first)
@@ -861,9 +876,11 @@ fn decode(
             })
             .collect();
         let options = RecordBatchOptions::new().with_row_count(Some(chunk.len()));
-        let batch = RecordBatch::try_new_with_options(schema.clone(), arrays, &options)
-            .map_err(|e| Error::QueryFailed {
-                message: format!("{}: {e}", object.path),
+        let batch =
+            RecordBatch::try_new_with_options(schema.clone(), arrays, &options).map_err(|e| {
+                Error::QueryFailed {
+                    message: format!("{}: {e}", object.path),
+                }
             })?;
         batches.push(batch);
     }

@@ -413,7 +413,7 @@ async fn records_reach_s3_and_survive_its_outage() {
         assert!(table.contains("| 8    | 10 |"), "{table}");
         assert_eq!(
             reader
-                .tail(Stream::Queries, Some("churn"), 3)
+                .tail(Stream::Queries, Some("churn"), 3, None)
                 .await
                 .unwrap()
                 .len(),

@@ -186,6 +186,15 @@ async fn records_are_read_back_as_tables_with_their_partitions() {
         query(&reader, "SELECT count(*) AS n FROM queries LIMIT 1").await,
         vec![json!({"n": 60})]
     );
+    // A service or a day with no folder: nothing, not an error.
+    assert_eq!(
+        query(
+            &reader,
+            "SELECT count(*) AS n FROM queries WHERE service = 'nope' AND date = '2026-12-05'"
+        )
+        .await,
+        vec![json!({"n": 0})]
+    );
 }
 
 #[tokio::test]
@@ -213,7 +222,7 @@ async fn an_empty_store_is_empty_tables() {
     );
     assert!(
         reader
-            .tail(Stream::Queries, None, 10)
+            .tail(Stream::Queries, None, 10, None)
             .await
             .unwrap()
             .is_empty()
@@ -311,35 +320,35 @@ async fn tail_gives_the_last_records_newest_last() {
     // The newest objects are hour 9's: churn's (ids 2, 8, ..., 56), then fraud's (5, 11,
     // ..., 59), opened when their first record came.
     assert_eq!(
-        ids(reader.tail(Stream::Queries, None, 3).await.unwrap()),
+        ids(reader.tail(Stream::Queries, None, 3, None).await.unwrap()),
         ["req-47", "req-53", "req-59"]
     );
     assert_eq!(
-        ids(reader.tail(Stream::Queries, None, 12).await.unwrap())[..3],
+        ids(reader.tail(Stream::Queries, None, 12, None).await.unwrap())[..3],
         ["req-50", "req-56", "req-5"]
     );
     assert_eq!(
         ids(reader
-            .tail(Stream::Queries, Some("churn"), 2)
+            .tail(Stream::Queries, Some("churn"), 2, None)
             .await
             .unwrap()),
         ["req-50", "req-56"]
     );
     assert_eq!(
         reader
-            .tail(Stream::Queries, None, 1000)
+            .tail(Stream::Queries, None, 1000, None)
             .await
             .unwrap()
             .len(),
         60
     );
     assert_eq!(
-        ids(reader.tail(Stream::Auth, None, 5).await.unwrap()),
+        ids(reader.tail(Stream::Auth, None, 5, None).await.unwrap()),
         ["req-auth"]
     );
     assert!(
         reader
-            .tail(Stream::Queries, Some("nope"), 5)
+            .tail(Stream::Queries, Some("nope"), 5, None)
             .await
             .unwrap()
             .is_empty()
@@ -363,6 +372,33 @@ async fn tail_gives_the_last_records_newest_last() {
             .unwrap()
             .len(),
         1
+    );
+    assert_eq!(
+        ids(reader.last_lines(&objects, 2).await.unwrap()),
+        ["req-53", "req-59"]
+    );
+    // Only what is dated before a day (what `logs tail --follow` prints before following).
+    assert!(
+        reader
+            .tail(Stream::Auth, None, 5, Some(since))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(reader
+            .tail(Stream::Queries, None, 3, Some(since))
+            .await
+            .unwrap()),
+        ["req-47", "req-53", "req-59"]
+    );
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 12, 5).unwrap();
+    assert!(
+        reader
+            .tail(Stream::Queries, None, 3, Some(day))
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 
