@@ -13,8 +13,12 @@
 //! only after its upload succeeded, so a store that is down only makes the spool grow, up to a
 //! cap with a chosen policy ([`FullPolicy`]).
 //!
-//! What it is not: it does not decide what a record holds (the server fills it), and it does
-//! not read the logs back (that is `apinode logs query`, over the same layout).
+//! [`LogReader`] (the `reader` feature, on by default) reads the logs back: SQL over the
+//! tables `queries`, `auth` and `admin` with DataFusion, and the last records of a stream
+//! (`apinode logs query | tail`). A program that only writes the log can leave the feature out,
+//! and DataFusion with it.
+//!
+//! What it is not: it does not decide what a record holds (the server fills it).
 //!
 //! Invariants: a record acknowledged at a durability level is in the spool at that level until
 //! its segment's upload succeeded; every record reaches the store at most once per segment
@@ -22,12 +26,16 @@
 //! same name, so the store still holds each record once).
 
 mod error;
+#[cfg(feature = "reader")]
+mod reader;
 mod record;
 mod spool;
 mod store;
 mod upload;
 
 pub use error::{Error, Result};
+#[cfg(feature = "reader")]
+pub use reader::{JSON_COLUMN, LogObject, LogReader, LogTable, QueryOutput, log_schema};
 pub use record::{AuditRecord, Stream};
 pub use spool::{AuditConfig, AuditLog, AuditMetrics, Durability, FullPolicy, Logged};
-pub use store::open_store;
+pub use store::{open_existing_store, open_store};

@@ -16,6 +16,20 @@ use std::sync::Arc;
 ///   on plain HTTP), then `options` (object_store's keys: `aws_endpoint`, `aws_region`,
 ///   `aws_allow_http`, `aws_access_key_id`, ...), which win.
 pub fn open_store(url: &str, options: &[(String, String)]) -> Result<Arc<dyn ObjectStore>> {
+    open(url, options, true)
+}
+
+/// Opens the log store named by `url` to read it, as [`open_store`] does, but a local
+/// directory must exist already (a store that was never written is more likely a wrong path
+/// than an empty log).
+pub fn open_existing_store(
+    url: &str,
+    options: &[(String, String)],
+) -> Result<Arc<dyn ObjectStore>> {
+    open(url, options, false)
+}
+
+fn open(url: &str, options: &[(String, String)], create: bool) -> Result<Arc<dyn ObjectStore>> {
     let bad = |message: String| Error::Store {
         url: url.to_owned(),
         message,
@@ -46,7 +60,14 @@ pub fn open_store(url: &str, options: &[(String, String)]) -> Result<Arc<dyn Obj
             "unknown scheme: use a directory path, file:///path or s3://bucket/prefix".into(),
         ));
     }
-    std::fs::create_dir_all(path).map_err(|e| bad(format!("cannot create the directory: {e}")))?;
+    if create {
+        std::fs::create_dir_all(path)
+            .map_err(|e| bad(format!("cannot create the directory: {e}")))?;
+    } else if !std::path::Path::new(path).is_dir() {
+        return Err(bad(
+            "no such directory: no audit log was written there".into()
+        ));
+    }
     let store = LocalFileSystem::new_with_prefix(path).map_err(|e| bad(e.to_string()))?;
     Ok(Arc::new(store))
 }

@@ -28,7 +28,8 @@ pub(crate) struct ConfigFile {
     pub(crate) rscript: Option<PathBuf>,
     /// Where Python code environments are built and kept (`<data_dir>/envs`).
     pub(crate) envs_dir: Option<PathBuf>,
-    /// Named PostgreSQL connections for referenced datasets (`[connections.<name>]`).
+    /// Named connections (`[connections.<name>]`): PostgreSQL ones for referenced datasets,
+    /// S3 ones (an `s3://` url) for the audit log's store.
     #[serde(default)]
     pub(crate) connections: BTreeMap<String, ConnectionFile>,
     /// A bundle's connection name → a declared connection's name.
@@ -59,11 +60,15 @@ pub(crate) struct AuditFile {
     /// Whether queries are logged (default true once the section is there; without an
     /// `[audit]` section nothing is logged).
     pub(crate) enabled: Option<bool>,
-    /// A directory, `file:///path` or `s3://bucket/prefix` (default `<data_dir>/audit-logs`).
+    /// A directory, `file:///path` or `s3://bucket/prefix` (default: the S3 connection
+    /// `connection` names, else `<data_dir>/audit-logs`).
     pub(crate) store: Option<String>,
     /// object_store's S3 options (`aws_endpoint`, `aws_region`, ...), for an `s3://` store.
     #[serde(default)]
     pub(crate) options: BTreeMap<String, String>,
+    /// An S3 connection (`[connections.<name>]` with an `s3://` url) to store the log in
+    /// (default `customer-audit-log`, when it is declared and `store` is not given).
+    pub(crate) connection: Option<String>,
     /// Default `<data_dir>/audit-spool`.
     pub(crate) spool_dir: Option<PathBuf>,
     /// `async`, `write` (default) or `fsync`.
@@ -98,6 +103,8 @@ pub(crate) struct AuditServiceFile {
 pub(crate) struct AuditSettings {
     pub(crate) store: String,
     pub(crate) options: Vec<(String, String)>,
+    /// What chose the store (`[audit] store`, `[connections.<name>]`, the default).
+    pub(crate) store_origin: String,
     pub(crate) durability: Durability,
     pub(crate) log: AuditConfig,
     pub(crate) deployment_id: Option<String>,
@@ -124,7 +131,12 @@ impl Default for ServicePolicy {
 
 impl AuditFile {
     /// `None` when the log is disabled.
-    fn resolve(self, data_dir: &Path, shown: &str) -> anyhow::Result<Option<AuditSettings>> {
+    fn resolve(
+        self,
+        data_dir: &Path,
+        store: LogStore,
+        shown: &str,
+    ) -> anyhow::Result<Option<AuditSettings>> {
         if self.enabled == Some(false) {
             return Ok(None);
         }
@@ -185,10 +197,9 @@ impl AuditFile {
             services.insert(id, policy);
         }
         Ok(Some(AuditSettings {
-            store: self
-                .store
-                .unwrap_or_else(|| data_dir.join("audit-logs").to_string_lossy().into_owned()),
-            options: self.options.into_iter().collect(),
+            store: store.url,
+            options: store.options,
+            store_origin: store.origin,
             durability,
             log,
             deployment_id: self.deployment_id,
@@ -226,16 +237,168 @@ fn sanitize_node_id(id: &str) -> String {
     }
 }
 
-/// `[connections.<name>]`.
+/// `[connections.<name>]`: a PostgreSQL connection, or an S3 one when the url is `s3://...`.
+/// Each kind takes only its own settings.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConnectionFile {
-    /// `postgres://user:password@host:port/database`.
+    /// `postgres://user:password@host:port/database`, or `s3://bucket/prefix`.
     pub(crate) url: String,
-    /// Sessions kept open at most (default 8).
+    /// PostgreSQL: sessions kept open at most (default 8).
     pub(crate) pool_size: Option<usize>,
-    /// Longest a statement may run, and a query wait for a session (default 5000).
+    /// PostgreSQL: longest a statement may run, and a query wait for a session (default 5000).
     pub(crate) statement_timeout_ms: Option<u64>,
+    /// S3: the address of an S3-compatible server (default: AWS's, from the region).
+    pub(crate) endpoint: Option<String>,
+    /// S3: the bucket's region (default: `AWS_REGION`, else `us-east-1`).
+    pub(crate) region: Option<String>,
+    /// S3: whether a plain `http://` endpoint is allowed (default false).
+    pub(crate) allow_http: Option<bool>,
+    /// S3: more object_store options (`aws_access_key_id`, `aws_session_token`, ...); without
+    /// them, credentials come from the environment as the AWS tools read it.
+    #[serde(default)]
+    pub(crate) options: BTreeMap<String, String>,
+}
+
+/// The S3 connection the audit log uses when `[audit]` names no store (issue 7).
+pub(crate) const AUDIT_CONNECTION: &str = "customer-audit-log";
+
+/// Where the audit log is stored: a URL and object_store options, and what chose it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LogStore {
+    pub(crate) url: String,
+    pub(crate) options: Vec<(String, String)>,
+    /// `[audit] store`, `[connections.<name>]`, or the default, for messages.
+    pub(crate) origin: String,
+}
+
+impl ConnectionFile {
+    fn is_s3(&self) -> bool {
+        self.url.starts_with("s3://")
+    }
+
+    /// The settings given that do not apply to this connection's kind.
+    fn misplaced(&self) -> Vec<&'static str> {
+        let mut wrong = Vec::new();
+        if self.is_s3() {
+            if self.pool_size.is_some() {
+                wrong.push("pool_size");
+            }
+            if self.statement_timeout_ms.is_some() {
+                wrong.push("statement_timeout_ms");
+            }
+        } else {
+            if self.endpoint.is_some() {
+                wrong.push("endpoint");
+            }
+            if self.region.is_some() {
+                wrong.push("region");
+            }
+            if self.allow_http.is_some() {
+                wrong.push("allow_http");
+            }
+            if !self.options.is_empty() {
+                wrong.push("options");
+            }
+        }
+        wrong
+    }
+
+    /// An S3 connection as a log store: its url, its settings as object_store options.
+    fn log_store(&self, name: &str) -> LogStore {
+        let mut options = Vec::new();
+        if let Some(endpoint) = &self.endpoint {
+            options.push(("aws_endpoint".to_owned(), endpoint.clone()));
+        }
+        if let Some(region) = &self.region {
+            options.push(("aws_region".to_owned(), region.clone()));
+        }
+        if let Some(allow) = self.allow_http {
+            options.push(("aws_allow_http".to_owned(), allow.to_string()));
+        }
+        options.extend(self.options.iter().map(|(k, v)| (k.clone(), v.clone())));
+        LogStore {
+            url: self.url.clone(),
+            options,
+            origin: format!("[connections.{name}]"),
+        }
+    }
+}
+
+/// The audit log's store: `[audit] store` (with `[audit.options]`), else the S3 connection
+/// `[audit] connection` names, else `customer-audit-log` if declared, else
+/// `<data_dir>/audit-logs`. Resolved whether or not the log is on: `apinode logs` reads it.
+fn audit_store(
+    audit: Option<&AuditFile>,
+    connections: &BTreeMap<String, ConnectionFile>,
+    data_dir: &Path,
+    shown: &str,
+) -> anyhow::Result<LogStore> {
+    let options: Vec<(String, String)> = audit
+        .map(|a| {
+            a.options
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let named = audit.and_then(|a| a.connection.as_deref());
+    if let Some(url) = audit.and_then(|a| a.store.as_deref()) {
+        anyhow::ensure!(
+            named.is_none(),
+            "{shown}: [audit] gives both store and connection: keep one"
+        );
+        return Ok(LogStore {
+            url: url.to_owned(),
+            options,
+            origin: "[audit] store".to_owned(),
+        });
+    }
+    let connection = match named {
+        Some(name) => match connections.get(name) {
+            Some(c) if c.is_s3() => Some((name, c)),
+            Some(c) => anyhow::bail!(
+                "{shown}: [audit] connection `{name}` is a PostgreSQL connection (url `{}`): the \
+                 audit log needs an S3 one (url = \"s3://bucket/prefix\")",
+                redacted(&c.url)
+            ),
+            None => anyhow::bail!(
+                "{shown}: [audit] connection `{name}` is not declared: add [connections.{name}] \
+                 with url = \"s3://bucket/prefix\""
+            ),
+        },
+        None => connections
+            .get(AUDIT_CONNECTION)
+            .filter(|c| c.is_s3())
+            .map(|c| (AUDIT_CONNECTION, c)),
+    };
+    if let Some((name, connection)) = connection {
+        anyhow::ensure!(
+            options.is_empty(),
+            "{shown}: [audit.options] apply to [audit] store; the log is stored through \
+             [connections.{name}]: give its options there ([connections.{name}.options])"
+        );
+        return Ok(connection.log_store(name));
+    }
+    Ok(LogStore {
+        url: data_dir.join("audit-logs").to_string_lossy().into_owned(),
+        options,
+        origin: "the default, <data_dir>/audit-logs".to_owned(),
+    })
+}
+
+/// A connection URL without its password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl ConfigFile {
@@ -258,11 +421,16 @@ pub(crate) struct NodeConfig {
     pub(crate) rscript: PathBuf,
     /// `None`: `<data_dir>/envs`. `APINODE_ENVS_DIR` overrides the file.
     pub(crate) envs_dir: Option<PathBuf>,
+    /// The PostgreSQL connections (the S3 ones are log stores: `audit_store`).
     pub(crate) connections: BTreeMap<String, PgConfig>,
+    /// The names of the declared S3 connections.
+    pub(crate) s3_connections: Vec<String>,
     pub(crate) connection_remap: BTreeMap<String, String>,
     pub(crate) service_connection_remap: BTreeMap<String, BTreeMap<String, String>>,
     /// `None`: the audit log is disabled.
     pub(crate) audit: Option<AuditSettings>,
+    /// Where the audit log is (or would be) stored, whether or not it is on.
+    pub(crate) audit_store: LogStore,
 }
 
 impl NodeConfig {
@@ -277,7 +445,22 @@ impl NodeConfig {
             None => ConfigFile::default(),
         };
         let mut connections = BTreeMap::new();
+        let mut s3_connections = Vec::new();
         for (name, c) in &file.connections {
+            let misplaced = c.misplaced();
+            anyhow::ensure!(
+                misplaced.is_empty(),
+                "{}: [connections.{name}] {} {} not apply to {} connection (url `{}`)",
+                shown.as_deref().unwrap_or("configuration"),
+                misplaced.join(", "),
+                if misplaced.len() == 1 { "does" } else { "do" },
+                if c.is_s3() { "an S3" } else { "a PostgreSQL" },
+                redacted(&c.url)
+            );
+            if c.is_s3() {
+                s3_connections.push(name.clone());
+                continue;
+            }
             let mut pg = PgConfig::new(&c.url);
             if let Some(size) = c.pool_size {
                 anyhow::ensure!(
@@ -297,30 +480,44 @@ impl NodeConfig {
             }
             connections.insert(name.clone(), pg);
         }
-        for (from, to) in &file.connection_remap {
+        let remaps = file
+            .connection_remap
+            .iter()
+            .map(|(from, to)| ("[connection_remap]".to_owned(), from, to))
+            .chain(file.services.iter().flat_map(|(service, settings)| {
+                settings.connection_remap.iter().map(move |(from, to)| {
+                    (format!("[services.{service}.connection_remap]"), from, to)
+                })
+            }));
+        for (section, from, to) in remaps {
+            let shown = shown.as_deref().unwrap_or("configuration");
+            anyhow::ensure!(
+                !s3_connections.contains(to),
+                "{shown}: {section} maps `{from}` to `{to}`, an S3 connection: referenced \
+                 datasets need a PostgreSQL one"
+            );
             anyhow::ensure!(
                 connections.contains_key(to),
-                "{}: [connection_remap] maps `{from}` to `{to}`, which no [connections.{to}] declares",
-                shown.as_deref().unwrap_or("configuration")
+                "{shown}: {section} maps `{from}` to `{to}`, which no [connections.{to}] declares"
             );
-        }
-        for (service, settings) in &file.services {
-            for (from, to) in &settings.connection_remap {
-                anyhow::ensure!(
-                    connections.contains_key(to),
-                    "{}: [services.{service}.connection_remap] maps `{from}` to `{to}`, which no \
-                     [connections.{to}] declares",
-                    shown.as_deref().unwrap_or("configuration")
-                );
-            }
         }
         let data_dir = data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         // Opt-in until its hot path meets its goal (issue 7): writing records costs the node
         // about half its HTTP throughput today (docs/benchmarks.md).
+        let audit_store = audit_store(
+            file.audit.as_ref(),
+            &file.connections,
+            &data_dir,
+            shown.as_deref().unwrap_or("configuration"),
+        )?;
         let audit = match file.audit {
-            Some(audit) => audit.resolve(&data_dir, shown.as_deref().unwrap_or("configuration"))?,
+            Some(audit) => audit.resolve(
+                &data_dir,
+                audit_store.clone(),
+                shown.as_deref().unwrap_or("configuration"),
+            )?,
             None => None,
         };
         Ok(NodeConfig {
@@ -337,6 +534,7 @@ impl NodeConfig {
                 .map(PathBuf::from)
                 .or(file.envs_dir),
             connections,
+            s3_connections,
             connection_remap: file.connection_remap,
             service_connection_remap: file
                 .services
@@ -344,6 +542,7 @@ impl NodeConfig {
                 .map(|(id, s)| (id, s.connection_remap))
                 .collect(),
             audit,
+            audit_store,
         })
     }
 }
@@ -487,5 +686,107 @@ payloads = false
         assert!(err.contains("sometimes"), "{err}");
         std::fs::write(&path, "[audit.services.x]\nsample = 2.0\n").unwrap();
         assert!(NodeConfig::resolve(Some(&path), None, None).is_err());
+    }
+
+    #[test]
+    fn an_s3_connection_named_customer_audit_log_is_the_audit_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let connections = r#"
+[connections.api-node-referenced-data]
+url = "postgres://postgres@127.0.0.1:5432/test"
+
+[connections.customer-audit-log]
+url = "s3://audit/apinode"
+endpoint = "http://127.0.0.1:9000"
+region = "eu-west-3"
+allow_http = true
+[connections.customer-audit-log.options]
+aws_access_key_id = "test"
+"#;
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            NodeConfig::resolve(Some(&path), Some("/srv/d".into()), None)
+        };
+        let error = |text: &str| format!("{:#}", resolve(text).unwrap_err());
+
+        // Declared: the log goes there, and `apinode logs` reads there even with the log off.
+        let config = resolve(&format!("{connections}\n[audit]\n")).unwrap();
+        let audit = config.audit.unwrap();
+        assert_eq!(audit.store, "s3://audit/apinode");
+        assert_eq!(
+            audit.options,
+            [
+                ("aws_endpoint", "http://127.0.0.1:9000"),
+                ("aws_region", "eu-west-3"),
+                ("aws_allow_http", "true"),
+                ("aws_access_key_id", "test"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        assert_eq!(audit.store_origin, "[connections.customer-audit-log]");
+        // It is no PostgreSQL connection.
+        assert_eq!(
+            config.connections.keys().collect::<Vec<_>>(),
+            ["api-node-referenced-data"]
+        );
+        assert_eq!(config.s3_connections, ["customer-audit-log"]);
+        let off = resolve(connections).unwrap();
+        assert!(off.audit.is_none());
+        assert_eq!(off.audit_store.url, "s3://audit/apinode");
+
+        // `[audit] store` wins; `[audit] connection` names another S3 connection.
+        let store = resolve(&format!("{connections}\n[audit]\nstore = \"/logs\"\n")).unwrap();
+        assert_eq!(store.audit_store.url, "/logs");
+        assert!(store.audit_store.options.is_empty());
+        let other = resolve(&format!(
+            "{connections}\n[connections.archive]\nurl = \"s3://archive\"\n\
+             [audit]\nconnection = \"archive\"\n"
+        ))
+        .unwrap();
+        assert_eq!(other.audit_store.url, "s3://archive");
+        // Without the connection: the data directory.
+        let local = resolve("[audit]\n").unwrap();
+        assert_eq!(local.audit_store.url, "/srv/d/audit-logs");
+
+        let e = error(&format!(
+            "{connections}\n[audit]\nconnection = \"api-node-referenced-data\"\n"
+        ));
+        assert!(e.contains("is a PostgreSQL connection"), "{e}");
+        let e = error("[audit]\nconnection = \"nowhere\"\n");
+        assert!(e.contains("[connections.nowhere]"), "{e}");
+        let e = error(&format!(
+            "{connections}\n[audit]\nstore = \"/x\"\nconnection = \"customer-audit-log\"\n"
+        ));
+        assert!(e.contains("both store and connection"), "{e}");
+        let e = error(&format!(
+            "{connections}\n[audit]\n[audit.options]\naws_region = \"x\"\n"
+        ));
+        assert!(
+            e.contains("[connections.customer-audit-log.options]"),
+            "{e}"
+        );
+        // Each kind of connection takes its own settings only.
+        let e = error("[connections.logs]\nurl = \"s3://b\"\npool_size = 2\n");
+        assert!(
+            e.contains("[connections.logs] pool_size does not apply to an S3 connection"),
+            "{e}"
+        );
+        let e = error(
+            "[connections.pg]\nurl = \"postgres://u:secret@h/d\"\nregion = \"x\"\nallow_http = true\n",
+        );
+        assert!(
+            e.contains("region, allow_http do not apply to a PostgreSQL connection"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("secret") && e.contains("postgres://u:***@h/d"),
+            "{e}"
+        );
+        // A bundle's connection cannot be remapped to an object store.
+        let e = error(&format!(
+            "{connections}\n[connection_remap]\ndss = \"customer-audit-log\"\n"
+        ));
+        assert!(e.contains("an S3 connection"), "{e}");
     }
 }

@@ -120,6 +120,11 @@ fn connection_config(args: &SyncArgs) -> anyhow::Result<PgConfig> {
         .connection_remap
         .get(&args.connection)
         .unwrap_or(&args.connection);
+    anyhow::ensure!(
+        !config.s3_connections.iter().any(|c| c == name),
+        "connection `{name}` is an S3 connection (an object store, such as the audit log's): \
+         `data sync` loads into PostgreSQL connections"
+    );
     config.connections.get(name).cloned().with_context(|| {
         let declared: Vec<&str> = config.connections.keys().map(String::as_str).collect();
         format!(

@@ -7,6 +7,7 @@ mod data_cmd;
 mod demo;
 mod http;
 mod huge_pages;
+mod logs_cmd;
 mod model_cmd;
 mod serve;
 
@@ -45,6 +46,20 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// Read the query audit log back from its store (see docs/operations.md).
+    Logs {
+        #[command(subcommand)]
+        command: LogsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LogsCommand {
+    /// Run SQL over the log with DataFusion: the tables `queries`, `auth` and `admin`, with
+    /// the record's fields and the partition columns `service`, `date` and `hour`.
+    Query(logs_cmd::QueryArgs),
+    /// Print the last records as stored (JSON lines), newest last; --follow prints new ones.
+    Tail(logs_cmd::TailArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +123,10 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Data { command } => match command {
             DataCommand::Sync(args) => data_cmd::sync(args),
+        },
+        Command::Logs { command } => match command {
+            LogsCommand::Query(args) => logs_cmd::query(args),
+            LogsCommand::Tail(args) => logs_cmd::tail(args),
         },
     }
 }

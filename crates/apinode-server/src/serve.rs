@@ -93,7 +93,11 @@ pub(crate) async fn serve(
         max_archive_bytes: config.max_archive_bytes,
     };
     let audit = match &config.audit {
-        Some(settings) => Some(Arc::new(NodeAudit::open(settings).await?)),
+        Some(settings) => {
+            let audit = NodeAudit::open(settings).await?;
+            tracing::info!(store = %settings.store, from = %settings.store_origin, "audit log on");
+            Some(Arc::new(audit))
+        }
         None => None,
     };
     let service = node_service(runtime, audit.clone(), limits);

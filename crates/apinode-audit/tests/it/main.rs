@@ -1,6 +1,9 @@
 //! The audit log through its public API, on a real file-system store: the layout, the
 //! durability levels, recovery of a spool a stopped run left, a store that is down then back,
-//! and the spool cap's policies.
+//! and the spool cap's policies; the log reader (`reader`) on what the log wrote.
+
+#[cfg(feature = "reader")]
+mod reader;
 
 use apinode_audit::{
     AuditConfig, AuditLog, AuditRecord, Durability, Error, FullPolicy, Stream, open_store,
@@ -398,4 +401,23 @@ async fn records_reach_s3_and_survive_its_outage() {
     assert_eq!(names.len(), 1, "{names:?}");
     assert!(names[0].contains("hour=08"), "{names:?}");
     assert_eq!(log.metrics().uploaded, 20);
+    // What is there reads back through the same store (moto kept the second run's records).
+    #[cfg(feature = "reader")]
+    {
+        let reader = apinode_audit::LogReader::new(store.clone()).unwrap();
+        let output = reader
+            .query("SELECT hour, count(*) AS n FROM queries WHERE service = 'churn' GROUP BY hour")
+            .await
+            .unwrap();
+        let table = output.to_table().unwrap();
+        assert!(table.contains("| 8    | 10 |"), "{table}");
+        assert_eq!(
+            reader
+                .tail(Stream::Queries, Some("churn"), 3, None)
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
+    }
 }

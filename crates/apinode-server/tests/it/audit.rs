@@ -268,6 +268,43 @@ fn queries_auth_failures_and_admin_mutations_are_logged() {
         || r["context"]["path"] == "/admin/api/services"));
     assert_eq!(admin[1]["generation"], "v1");
     node.stop();
+
+    // `apinode logs query` reads the same records where the node's data directory says.
+    let query = |sql: &str| -> Vec<Value> {
+        let out = std::process::Command::new(super::BIN)
+            .args(["logs", "query", "--format", "json", "--data-dir"])
+            .arg(&data_dir)
+            .arg(sql)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{sql}: {stderr}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    assert_eq!(
+        query("SELECT service, count(*) AS n FROM queries GROUP BY service"),
+        [json!({"service": "shop", "n": 4})]
+    );
+    let hour = &one["time"].as_str().unwrap()[11..13];
+    assert_eq!(
+        query(
+            "SELECT request_id, endpoint_kind, hour, outputs FROM queries \
+             WHERE json_get(context, '/rid') = 'one'"
+        ),
+        [
+            json!({"request_id": request_id, "endpoint_kind": "dataset-lookup",
+            "hour": hour.parse::<u32>().unwrap(), "outputs": one["outputs"]})
+        ]
+    );
+    assert_eq!(
+        query("SELECT count(*) AS n FROM auth WHERE status = 401"),
+        [json!({"n": 1})]
+    );
+    assert_eq!(query("SELECT count(*) AS n FROM admin"), [json!({"n": 3})]);
 }
 
 /// Every answered query (a 200 the clients got) has exactly one record in the store, though
