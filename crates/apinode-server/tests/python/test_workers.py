@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -268,10 +269,10 @@ def test_a_generation_switch_under_load(node, workers, apinode_bin, tmp_path):
     shutil.copytree(workers, folder)
     (folder / "functions.py").write_text(FUNCTIONS_PY.replace("(a + b) * scale", "(a + b) * scale + 1000"))
     errors, sums = [], []
+    done = threading.Event()
 
     def hammer():
-        end = time.monotonic() + 4
-        while time.monotonic() < end:
+        while not done.is_set():
             try:
                 sums.append(client(node).run_function("add", a=1, b=1)["response"]["sum"])
             except Exception as e:  # noqa: BLE001 - any failure is what this test looks for
@@ -279,11 +280,16 @@ def test_a_generation_switch_under_load(node, workers, apinode_bin, tmp_path):
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         running = [pool.submit(hammer) for _ in range(4)]
-        # Switch once the load is on (v1 has answered), not after a fixed time.
-        deadline = time.monotonic() + 10
+        # Switch once the load is on (v1 has answered), and keep the load on until v2 has
+        # answered some of it: waits on what happened, not on a fixed time (starting v2's
+        # pools takes seconds on a busy machine).
+        deadline = time.monotonic() + 60
         while not sums and time.monotonic() < deadline:
             time.sleep(0.01)
         deploy_version(node, apinode_bin, folder, "v2")
+        while sums.count(1002) < 20 and not errors and time.monotonic() < deadline:
+            time.sleep(0.01)
+        done.set()
         for f in running:
             f.result()
     assert errors == []
