@@ -902,18 +902,10 @@ pub struct CustomersBundle {
 /// builds it into `work/bench-v1.zip`.
 pub fn build_customers_bundle(node_bin: &Path, work: &Path, rows: usize) -> CustomersBundle {
     let started = Instant::now();
-    let table = customers_table(rows);
     let folder = work.join("service");
     std::fs::create_dir_all(&folder).expect("create the service folder");
     let parquet = folder.join("customers.parquet");
-    {
-        let file = std::fs::File::create(&parquet).expect("create the parquet file");
-        let mut writer = parquet::arrow::ArrowWriter::try_new(file, table.batch().schema(), None)
-            .expect("writer");
-        writer.write(table.batch()).expect("write parquet");
-        writer.close().expect("close parquet");
-    }
-    drop(table);
+    write_customers_parquet(&parquet, rows);
     std::fs::write(
         folder.join("service.toml"),
         format!(
@@ -944,22 +936,37 @@ model = {{ path = "model" }}
     .expect("write service.toml");
     write_churn_model(&folder.join("model")).expect("write the model export");
     let path = work.join("bench-v1.zip");
-    let status = Command::new(node_bin)
-        .args(["bundle", "build"])
-        .arg(&folder)
-        .arg("-o")
-        .arg(&path)
-        .args(["--version", "v1"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("run apinode bundle build");
-    assert!(status.success(), "apinode bundle build failed");
+    build_bundle(node_bin, &folder, &path);
     eprintln!(
         "bundle of {rows} rows built in {:.1} s ({} bytes)",
         started.elapsed().as_secs_f64(),
         std::fs::metadata(&path).map_or(0, |m| m.len())
     );
     CustomersBundle { path, parquet }
+}
+
+/// Writes `rows` generated customers (`apinode_benches::customers_table`) as a Parquet file.
+pub fn write_customers_parquet(path: &Path, rows: usize) {
+    let table = customers_table(rows);
+    let file = std::fs::File::create(path).expect("create the parquet file");
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(file, table.batch().schema(), None).expect("writer");
+    writer.write(table.batch()).expect("write parquet");
+    writer.close().expect("close parquet");
+}
+
+/// Builds the service folder `folder` into `archive` with the node's `apinode bundle build`.
+pub fn build_bundle(node_bin: &Path, folder: &Path, archive: &Path) {
+    let status = Command::new(node_bin)
+        .args(["bundle", "build"])
+        .arg(folder)
+        .arg("-o")
+        .arg(archive)
+        .args(["--version", "v1"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run apinode bundle build");
+    assert!(status.success(), "apinode bundle build failed");
 }
 
 /// Creates the service on the node at `addr`, imports `bundle` (from its path) and activates
@@ -1001,20 +1008,28 @@ pub async fn deploy(addr: SocketAddr, bundle: &Path) -> Duration {
 /// `KEYS` lookup requests on random existing keys (xorshift, fixed seed), as whole HTTP/1.1
 /// requests ready to write. The first one's body is also returned, for the cold start.
 pub fn lookup_requests(rows: usize) -> (Arc<Vec<Bytes>>, String) {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let path = lookup_path();
-    let bodies: Vec<String> = (0..KEYS)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let key = customer_key((state % rows as u64) as usize);
-            format!(r#"{{"data": {{"key": "{key}"}}}}"#)
-        })
+    let bodies: Vec<String> = random_keys(rows)
+        .iter()
+        .map(|key| format!(r#"{{"data": {{"key": "{key}"}}}}"#))
         .collect();
+    let path = lookup_path();
     let requests = bodies
         .iter()
         .map(|body| Bytes::from(http_request("POST", &path, false, body.as_bytes())))
         .collect();
     (Arc::new(requests), bodies[0].clone())
+}
+
+/// `KEYS` random existing customer keys (xorshift, fixed seed): every run and every bench
+/// asks for the same sequence.
+pub fn random_keys(rows: usize) -> Vec<String> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..KEYS)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            customer_key((state % rows as u64) as usize)
+        })
+        .collect()
 }

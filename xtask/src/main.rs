@@ -17,8 +17,11 @@
 //!   the Python and R endpoints of the release binary against FastAPI + uvicorn, from a
 //!   virtualenv of `benches/http/python-requirements.txt`, `<target>/py-bench-venv`); `audit`
 //!   (`benches/http/audit.rs`: the lookup endpoint with the query audit log off, `async`,
-//!   `write` and `fsync`); `scoring`
-//!   (`crates/apinode-scoring/benches/scoring.rs`): apinode-scoring against `dataiku-scoring` in the Python virtualenv, on the models and rows
+//!   `write` and `fsync`); `referenced` (`benches/http/referenced.rs`: the lookup and SQL
+//!   endpoints on a PostgreSQL table against a bare tokio-postgres loop; the database from
+//!   `APINODE_BENCH_PG_URL`, else `APINODE_TEST_PG_URL`, else the local `test` database);
+//!   `scoring` (`crates/apinode-scoring/benches/scoring.rs`): apinode-scoring against
+//!   `dataiku-scoring` in the Python virtualenv, on the models and rows
 //!   `crates/apinode-scoring/tests/python/make_bench_models.py` generates. ARGS go to the
 //!   benchmark (a criterion filter, for instance).
 
@@ -56,6 +59,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("http", "apinode-bench-http"),
     ("python", "apinode-bench-http"),
     ("audit", "apinode-bench-http"),
+    ("referenced", "apinode-bench-http"),
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -83,7 +87,7 @@ fn main() -> anyhow::Result<()> {
                     bench_apinode(&root, Some(name), &rest)
                 }
                 Some(other) => bail!(
-                    "no benchmark named `{other}`: the benchmarks are lookup, http, python, audit and scoring"
+                    "no benchmark named `{other}`: the benchmarks are lookup, http, python, audit, referenced and scoring"
                 ),
             }
         }
@@ -227,6 +231,7 @@ fn ci(root: &Path) -> anyhow::Result<()> {
         run(cargo()
             .args(["test", "--workspace", "--benches", "--locked"])
             .env("APINODE_BENCH_ROWS", "10000")
+            .env("APINODE_TEST_PG_URL", &pg_url)
             .env("APINODE_PYTHON", &python)
             .env("APINODE_BENCH_PYTHON", &bench_python)
             .env("APINODE_SCORING_BENCH", &bench_models))

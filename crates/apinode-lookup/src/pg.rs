@@ -18,8 +18,8 @@ use crate::error::{Error, Result};
 use crate::exec::PG;
 use crate::key::KeyType;
 use crate::lookup::{
-    IgnoreReason, Key, LookupConfig, Match, OutputColumn, Outputs, check_config, decide,
-    describe_keys, key_of, output_columns,
+    IgnoreReason, Key, LookupAction, LookupConfig, Match, OutputColumn, Outputs, check_config,
+    decide, describe_keys, key_of, output_columns,
 };
 use arrow_array::{
     Array, ArrayRef, BooleanArray, Date32Array, Float64Array, Int64Array, RecordBatch, StringArray,
@@ -255,8 +255,9 @@ const EPOCH: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date"
 /// A lookup on a table in PostgreSQL, with [`crate::Lookup`]'s configuration, behaviours and
 /// JSON. A query is one round trip whatever the number of records: the keys travel as one
 /// array per key column, joined to the table through `unnest(...) WITH ORDINALITY`, and the
-/// rows come back in record order, then table order (`ctid`: the order a table was loaded
-/// in), which is what `first` takes.
+/// rows come back in record order, then (when `first` takes one of several) in table order
+/// (`ctid`: the order a table was loaded in). A single record's keys travel as scalars instead, in a
+/// plain `WHERE` the database answers from an index at a third of the join's cost.
 #[derive(Debug)]
 pub struct ReferencedLookup {
     connection: Arc<PgConnection>,
@@ -273,7 +274,12 @@ pub struct ReferencedLookup {
 struct Shape {
     keys: Vec<(String, KeyType)>,
     outputs: Vec<(OutputColumn, KeyType)>,
+    /// For any number of records: the keys as arrays, joined through `unnest`.
     sql: String,
+    /// For one record to look up (a `lookup`, or one record to enrich): the keys as scalar
+    /// parameters, a plain index scan. The same rows in the same order, with `i` = 1; about
+    /// three times cheaper for the database than the `unnest` join of one element.
+    single_sql: String,
 }
 
 /// Where a record's answer is: its `data` object in the buffer, or the reason it is ignored.
@@ -429,15 +435,48 @@ impl ReferencedLookup {
             .enumerate()
             .map(|(i, k)| format!("t.{} = q.k{i}", quote_ident(&k.column)))
             .collect();
+        // Table order among a key's rows matters only when the first one is taken; a sort
+        // costs the database more than the index scan itself.
+        let first = self.config.on_multiple_matches == LookupAction::First;
         let sql = format!(
             "SELECT {} FROM unnest({}) WITH ORDINALITY AS q({}, i) JOIN {table} AS t ON {} \
-             ORDER BY q.i, t.ctid",
+             ORDER BY q.i{}",
             select.join(", "),
             arrays.join(", "),
             names.join(", "),
-            on.join(" AND ")
+            on.join(" AND "),
+            if first { ", t.ctid" } else { "" }
         );
-        Ok(Shape { keys, outputs, sql })
+        let single_select: Vec<String> = std::iter::once("1::int8 AS i".to_owned())
+            .chain(select.iter().skip(1).cloned())
+            .collect();
+        let single_where: Vec<String> = self
+            .config
+            .keys
+            .iter()
+            .zip(&keys)
+            .enumerate()
+            .map(|(i, (k, (_, t)))| {
+                format!(
+                    "t.{} = ${}::{}",
+                    quote_ident(&k.column),
+                    i + 1,
+                    canonical(*t)
+                )
+            })
+            .collect();
+        let single_sql = format!(
+            "SELECT {} FROM {table} AS t WHERE {}{}",
+            single_select.join(", "),
+            single_where.join(" AND "),
+            if first { " ORDER BY t.ctid" } else { "" }
+        );
+        Ok(Shape {
+            keys,
+            outputs,
+            sql,
+            single_sql,
+        })
     }
 
     /// Starts a query for `records` (the `data` objects of a lookup, or the features of
@@ -514,11 +553,18 @@ async fn run(
     } else {
         let connection = &lookup.connection;
         let client = connection.client().await.map_err(|e| (None, e))?;
+        let (sql, values): (&str, Vec<&(dyn ToSql + Sync)>) = if probes == 1 {
+            (
+                &shape.single_sql,
+                params.iter().map(KeyParams::first).collect(),
+            )
+        } else {
+            (&shape.sql, params.iter().map(KeyParams::as_sql).collect())
+        };
         let statement = client
-            .prepare_cached(&shape.sql)
+            .prepare_cached(sql)
             .await
             .map_err(|e| (None, connection.error(e)))?;
-        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(KeyParams::as_sql).collect();
         client
             .query(&statement, &values)
             .await
@@ -660,6 +706,18 @@ impl KeyParams {
         }
     }
 
+    /// The first value alone, for the single-record statement (one value was pushed).
+    fn first(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            KeyParams::Str(v) => &v[0],
+            KeyParams::Int(v) => &v[0],
+            KeyParams::Float(v) => &v[0],
+            KeyParams::Bool(v) => &v[0],
+            KeyParams::Date(v) => &v[0],
+            KeyParams::Timestamp(v) => &v[0],
+        }
+    }
+
     fn as_sql(&self) -> &(dyn ToSql + Sync) {
         match self {
             KeyParams::Str(v) => v,
@@ -688,21 +746,41 @@ pub struct TableLoader {
 impl TableLoader {
     /// Opens the transaction and creates `table` with `columns` (name, type, in order;
     /// [`pg_type_name`] gives each column's type). Refuses an existing table unless
-    /// `replace`. Blocks until the table is created.
+    /// `replace`, and an index on a column the table does not have. Each of `indexes` (the
+    /// columns of one B-tree index, such as a lookup's keys) is created after the rows are
+    /// in, and the table analyzed, in the same transaction. Blocks until the table is
+    /// created.
     pub fn start(
         connection: &Arc<PgConnection>,
         table: &str,
         columns: &[(String, KeyType)],
         replace: bool,
+        indexes: &[Vec<String>],
     ) -> Result<TableLoader> {
+        for index in indexes {
+            if index.is_empty() {
+                return Err(Error::Config("an index needs at least one column".into()));
+            }
+            if let Some(unknown) = index.iter().find(|c| !columns.iter().any(|(n, _)| n == *c)) {
+                return Err(Error::Config(format!(
+                    "index on `{unknown}`: table `{table}` has no such column (columns: {})",
+                    columns
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
         let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(2);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
         let connection = connection.clone();
         let table = table.to_owned();
         let columns = columns.to_vec();
-        let done = PG
-            .runtime()?
-            .spawn(async move { load(connection, table, columns, replace, rx, ready_tx).await });
+        let indexes = indexes.to_vec();
+        let done = PG.runtime()?.spawn(async move {
+            load(connection, table, columns, replace, indexes, rx, ready_tx).await
+        });
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(TableLoader {
                 batches: Some(tx),
@@ -757,6 +835,7 @@ async fn load(
     table: String,
     columns: Vec<(String, KeyType)>,
     replace: bool,
+    indexes: Vec<Vec<String>>,
     mut batches: tokio::sync::mpsc::Receiver<RecordBatch>,
     ready: std::sync::mpsc::Sender<Result<()>>,
 ) -> Result<u64> {
@@ -845,6 +924,19 @@ async fn load(
         rows += batch.num_rows() as u64;
     }
     writer.as_mut().finish().await.map_err(err)?;
+    // Built once the rows are in: faster than maintaining the index row by row.
+    for index in &indexes {
+        let on: Vec<String> = index.iter().map(|c| quote_ident(c)).collect();
+        transaction
+            .batch_execute(&format!("CREATE INDEX ON {quoted} ({})", on.join(", ")))
+            .await
+            .map_err(err)?;
+    }
+    // Statistics now, so the first lookups are planned on the index, not on a guess.
+    transaction
+        .batch_execute(&format!("ANALYZE {quoted}"))
+        .await
+        .map_err(err)?;
     transaction.commit().await.map_err(err)?;
     Ok(rows)
 }

@@ -29,6 +29,11 @@ pub(crate) struct SyncArgs {
     /// new one).
     #[arg(long)]
     replace: bool,
+    /// Create a B-tree index on these columns once the rows are in (comma-separated for a
+    /// composite index; repeat for several). Index a lookup's key columns: without one,
+    /// every lookup scans the table.
+    #[arg(long = "index", value_name = "COLUMNS", value_delimiter = None)]
+    indexes: Vec<String>,
     /// The node's configuration file, which declares the connection.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -72,7 +77,12 @@ pub(crate) fn sync(args: SyncArgs) -> anyhow::Result<()> {
         })?;
         columns.push((field.name().clone(), key_type));
     }
-    let mut loader = TableLoader::start(&connection, &args.table, &columns, args.replace)
+    let indexes: Vec<Vec<String>> = args
+        .indexes
+        .iter()
+        .map(|index| index.split(',').map(|c| c.trim().to_owned()).collect())
+        .collect();
+    let mut loader = TableLoader::start(&connection, &args.table, &columns, args.replace, &indexes)
         .with_context(|| {
             format!(
                 "cannot create table `{}` on connection `{}`",
@@ -98,7 +108,7 @@ pub(crate) fn sync(args: SyncArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot commit table `{}`", args.table))?;
     bar.finish_and_clear();
     println!(
-        "synced {loaded} rows and {} columns ({}) from {} into table `{}` on connection `{}` in {:.1} s",
+        "synced {loaded} rows and {} columns ({}) from {} into table `{}` on connection `{}`{} in {:.1} s",
         columns.len(),
         columns
             .iter()
@@ -108,6 +118,15 @@ pub(crate) fn sync(args: SyncArgs) -> anyhow::Result<()> {
         args.file.display(),
         args.table,
         args.connection,
+        if indexes.is_empty() {
+            String::new()
+        } else {
+            let on: Vec<String> = indexes
+                .iter()
+                .map(|i| format!("({})", i.join(", ")))
+                .collect();
+            format!(", indexed on {}", on.join(" and "))
+        },
         started.elapsed().as_secs_f64()
     );
     Ok(())

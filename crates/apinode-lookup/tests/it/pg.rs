@@ -136,7 +136,7 @@ pub(crate) fn load(connection: &Arc<PgConnection>, batch: &RecordBatch) -> Strin
         .iter()
         .map(|f| (f.name().clone(), KeyType::of(f.data_type()).unwrap()))
         .collect();
-    let mut loader = TableLoader::start(connection, &table, &columns, false).unwrap();
+    let mut loader = TableLoader::start(connection, &table, &columns, false, &[]).unwrap();
     // Two batches, so row numbering and ctid order span them.
     loader.write(batch.slice(0, 3)).unwrap();
     loader.write(batch.slice(3, batch.num_rows() - 3)).unwrap();
@@ -364,7 +364,7 @@ fn loading_refuses_an_existing_table_unless_replacing() {
     let batch = people();
     let table = load(&connection, &batch);
     let columns = vec![("id".to_owned(), KeyType::Int64)];
-    let err = TableLoader::start(&connection, &table, &columns, false)
+    let err = TableLoader::start(&connection, &table, &columns, false, &[])
         .unwrap_err()
         .to_string();
     assert!(
@@ -372,7 +372,7 @@ fn loading_refuses_an_existing_table_unless_replacing() {
         "{err}"
     );
 
-    let mut loader = TableLoader::start(&connection, &table, &columns, true).unwrap();
+    let mut loader = TableLoader::start(&connection, &table, &columns, true, &[]).unwrap();
     loader
         .write(
             RecordBatch::try_from_iter([(
@@ -386,7 +386,7 @@ fn loading_refuses_an_existing_table_unless_replacing() {
 
     // A NUL in a string names the column and row; nothing is committed.
     let columns = vec![("s".to_owned(), KeyType::String)];
-    let mut loader = TableLoader::start(&connection, &table, &columns, true).unwrap();
+    let mut loader = TableLoader::start(&connection, &table, &columns, true, &[]).unwrap();
     let bad = RecordBatch::try_from_iter([(
         "s",
         Arc::new(StringArray::from(vec!["ok", "b\0d"])) as ArrayRef,
@@ -461,4 +461,81 @@ fn terminated_sessions_are_replaced() {
         answer = referenced(&lookup, &[&data]);
     }
     assert_eq!(answer.unwrap(), expected);
+}
+
+/// `--index`: each index is created with the table, in its transaction, and the table is
+/// analyzed; an index on a column the table lacks is refused before anything is created.
+#[test]
+fn loading_creates_the_indexes_asked_for() {
+    let connection = connection("api-node-referenced-data");
+    let table = unique_table("lookup_indexed");
+    let columns = vec![
+        ("id".to_owned(), KeyType::Int64),
+        ("email".to_owned(), KeyType::String),
+    ];
+    let err = TableLoader::start(&connection, &table, &columns, false, &[vec!["mail".into()]])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("index on `mail`") && err.contains("columns: id, email"),
+        "{err}"
+    );
+
+    let indexes = [
+        vec!["id".to_owned()],
+        vec!["email".to_owned(), "id".to_owned()],
+    ];
+    let mut loader = TableLoader::start(&connection, &table, &columns, false, &indexes).unwrap();
+    loader
+        .write(
+            RecordBatch::try_from_iter([
+                ("id", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
+                (
+                    "email",
+                    Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef,
+                ),
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(loader.finish().unwrap(), 2);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (definitions, analyzed) = runtime.block_on(async {
+        let (client, session) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(session);
+        let rows = client
+            .query(
+                "SELECT indexdef FROM pg_indexes WHERE tablename = $1 ORDER BY indexdef",
+                &[&table],
+            )
+            .await
+            .unwrap();
+        // ANALYZE writes the column statistics (transactionally, unlike the activity stats).
+        let analyzed: bool = client
+            .query_one(
+                "SELECT count(*) = 2 FROM pg_stats WHERE tablename = $1",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let definitions: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        (definitions, analyzed)
+    });
+    assert_eq!(definitions.len(), 2, "{definitions:?}");
+    assert!(
+        definitions[0].ends_with("USING btree (email, id)"),
+        "{definitions:?}"
+    );
+    assert!(
+        definitions[1].ends_with("USING btree (id)"),
+        "{definitions:?}"
+    );
+    assert!(analyzed, "the table was not analyzed");
 }

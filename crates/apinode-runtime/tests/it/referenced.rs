@@ -150,7 +150,7 @@ fn sync_from_bundle(archive: &Path, table: &str) {
     connection
         .check()
         .unwrap_or_else(|e| panic!("APINODE_TEST_PG_URL does not answer: {e}"));
-    let mut loader = TableLoader::start(&connection, table, &columns, false).unwrap();
+    let mut loader = TableLoader::start(&connection, table, &columns, false, &[]).unwrap();
     loader.write(data.batch().clone()).unwrap();
     loader.finish().unwrap();
 }

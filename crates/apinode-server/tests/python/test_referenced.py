@@ -116,9 +116,11 @@ def both(start_node, apinode_bin: Path, bundles: Bundles, tmp_path_factory) -> t
     csv = work / "customers.csv"
     write_csv(csv, bundles.rows["v1"])
     table = f"conformance_customers_{secrets.token_hex(4)}"
-    synced = sync(apinode_bin, csv, table)
+    synced = sync(apinode_bin, csv, table, "--index", "customer_id",
+                  "--index", "country,account_number")
     assert synced.returncode == 0, synced.stderr
     assert f"synced 1000 rows and 9 columns" in synced.stdout, synced.stdout
+    assert "indexed on (customer_id) and (country, account_number)" in synced.stdout, synced.stdout
 
     nodes = []
     for mode in ("bundled", "referenced"):
@@ -178,6 +180,10 @@ def test_sync_refuses_to_overwrite_without_replace(apinode_bin, bundles: Bundles
     bad.write_text("x")
     failed = sync(apinode_bin, bad, table)
     assert failed.returncode != 0 and "customers.txt" in failed.stderr, failed.stderr
+    # An index on a column the file lacks: refused, naming it, before anything changes.
+    unindexable = sync(apinode_bin, csv, table, "--replace", "--index", "customer")
+    assert unindexable.returncode != 0
+    assert "index on `customer`" in unindexable.stderr, unindexable.stderr
 
 
 def test_referenced_answers_equal_bundled_answers(both, bundles: Bundles):
