@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// The log a record belongs to: user queries (partitioned by service), authentication
@@ -62,12 +63,13 @@ pub struct AuditRecord {
     pub client_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context: Option<Value>,
-    /// Features, parameters or lookup keys (absent when payload capture is off).
+    /// Features, parameters or lookup keys (absent when payload capture is off), as JSON
+    /// text: an answer's bytes go into the record as they are, never parsed into a tree.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub inputs: Option<Value>,
+    pub inputs: Option<Box<RawValue>>,
     /// Prediction and probabilities, rows, or the function's result.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub outputs: Option<Value>,
+    pub outputs: Option<Box<RawValue>>,
     /// Whether `inputs` or `outputs` were cut to the service's payload size cap.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
@@ -127,8 +129,7 @@ impl AuditRecord {
                 Stream::Queries => self.service.clone(),
                 Stream::Auth | Stream::Admin => String::new(),
             },
-            date: self.time.format("%Y-%m-%d").to_string(),
-            hour: self.time.format("%H").to_string(),
+            hour: self.time.timestamp().div_euclid(3600),
         }
     }
 }
@@ -139,21 +140,29 @@ pub(crate) struct Partition {
     pub(crate) stream: Stream,
     /// Empty for the auth and admin streams.
     pub(crate) service: String,
-    pub(crate) date: String,
-    pub(crate) hour: String,
+    /// Hours since the epoch (UTC): written out as the folder's date and hour only when a
+    /// segment is named, not per record.
+    pub(crate) hour: i64,
 }
 
 impl Partition {
+    /// `YYYY-MM-DD` and `HH` of the partition's hour.
+    fn date_and_hour(&self) -> (String, String) {
+        let start = DateTime::<Utc>::from_timestamp(self.hour * 3600, 0).unwrap_or_default();
+        (
+            start.format("%Y-%m-%d").to_string(),
+            start.format("%H").to_string(),
+        )
+    }
+
     /// The store folder: `service=<id>/date=YYYY-MM-DD/hour=HH` for queries (the layout
     /// readers query), `_auth/...` and `_admin/...` for the other streams (a leading `_`
     /// keeps Hive-style readers of the query logs from reading them as queries).
     pub(crate) fn folder(&self) -> String {
+        let (date, hour) = self.date_and_hour();
         match self.stream {
-            Stream::Queries => format!(
-                "service={}/date={}/hour={}",
-                self.service, self.date, self.hour
-            ),
-            other => format!("_{}/date={}/hour={}", other.as_str(), self.date, self.hour),
+            Stream::Queries => format!("service={}/date={date}/hour={hour}", self.service),
+            other => format!("_{}/date={date}/hour={hour}", other.as_str()),
         }
     }
 
@@ -161,13 +170,11 @@ impl Partition {
     /// segment can be uploaded after a restart without any other state.
     /// `<stream>~<service>~<date>~<hour>~<segment>`.
     pub(crate) fn spool_name(&self, segment: &str) -> String {
+        let (date, hour) = self.date_and_hour();
         format!(
-            "{}~{}~{}~{}~{}",
+            "{}~{}~{date}~{hour}~{segment}",
             self.stream.as_str(),
             self.service,
-            self.date,
-            self.hour,
-            segment
         )
     }
 
@@ -176,15 +183,15 @@ impl Partition {
         let mut parts = name.splitn(5, '~');
         let stream = Stream::parse(parts.next()?)?;
         let service = parts.next()?.to_owned();
-        let date = parts.next()?.to_owned();
-        let hour = parts.next()?.to_owned();
+        let date = chrono::NaiveDate::parse_from_str(parts.next()?, "%Y-%m-%d").ok()?;
+        let hour: u32 = parts.next()?.parse().ok().filter(|h| *h < 24)?;
         let segment = parts.next()?.to_owned();
+        let start = date.and_hms_opt(hour, 0, 0)?.and_utc();
         Some((
             Partition {
                 stream,
                 service,
-                date,
-                hour,
+                hour: start.timestamp().div_euclid(3600),
             },
             segment,
         ))

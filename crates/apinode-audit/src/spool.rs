@@ -1,11 +1,14 @@
 //! The spool: one open segment file per partition, records appended to it, segments sealed
 //! by size or age and handed to the uploader.
 //!
-//! A `write` record is appended by the caller's own thread (one `write` syscall under the
-//! segments' lock: no queue, no wake-up of another thread, and the record is in the file
-//! when `log` returns). `async` and `fsync` records are queued to a writer thread, which
-//! group-commits them (one `write` per segment per batch, one `fsync` per batch that asks
-//! for it) and also seals segments that grew old.
+//! `write` and `async` records are group-committed on the caller's own runtime, with no
+//! other thread involved: the caller serializes its record and appends it to the pending
+//! batch; the first record of a batch spawns the flush, which yields once (so the records of
+//! every query answered in the same scheduler pass join the batch), then writes the batch
+//! with one `write` per segment and tells the batch's `write` waiters. `fsync` records are
+//! queued to a writer thread, which group-commits them (one `write` per segment per batch,
+//! one `fsync` per batch) away from the runtime's workers; it also seals segments that grew
+//! old.
 //!
 //! Files in the spool directory: `<partition>~<segment>.open` (being written) and
 //! `<partition>~<segment>.jsonl` (sealed, waiting for upload). Only the segments' owner
@@ -27,7 +30,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 pub(crate) const OPEN: &str = "open";
 pub(crate) const SEALED: &str = "jsonl";
@@ -131,6 +134,8 @@ enum Job {
 #[derive(Debug)]
 pub struct AuditLog {
     jobs: Mutex<Option<SyncSender<Job>>>,
+    /// `write` and `async` records not yet in their segment files.
+    pending: Arc<Mutex<Option<PendingBatch>>>,
     segments: Arc<Mutex<Segments>>,
     counters: Arc<Counters>,
     config: AuditConfig,
@@ -149,6 +154,34 @@ pub struct Logged {
 enum LoggedState {
     Ready(Option<Result<()>>),
     Waiting(oneshot::Receiver<Result<()>>),
+    /// A `write` record: resolves with its batch's outcome, once flushed.
+    Flushing(Flushed),
+}
+
+struct Flushed(Pin<Box<dyn Future<Output = Result<()>> + Send>>);
+
+impl Flushed {
+    fn new(mut outcome: watch::Receiver<Option<std::result::Result<(), String>>>) -> Flushed {
+        Flushed(Box::pin(async move {
+            match outcome.wait_for(Option::is_some).await {
+                Ok(done) => match &*done {
+                    Some(Err(message)) => Err(Error::io(
+                        "audit spool",
+                        std::io::Error::other(message.clone()),
+                    )),
+                    _ => Ok(()),
+                },
+                // The batch was dropped unflushed (its runtime shut down).
+                Err(_) => Err(Error::Closed),
+            }
+        }))
+    }
+}
+
+impl std::fmt::Debug for Flushed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Flushed")
+    }
 }
 
 impl Future for Logged {
@@ -160,8 +193,44 @@ impl Future for Logged {
             LoggedState::Waiting(receiver) => Pin::new(receiver)
                 .poll(cx)
                 .map(|r| r.unwrap_or(Err(Error::Closed))),
+            LoggedState::Flushing(flushed) => flushed.0.as_mut().poll(cx),
         }
     }
+}
+
+/// The `write` and `async` records of the next flush: their lines by segment, and the
+/// channel that tells the batch's outcome to its `write` waiters.
+#[derive(Debug)]
+struct PendingBatch {
+    lines: HashMap<Partition, (Vec<u8>, u64)>,
+    done: watch::Sender<Option<std::result::Result<(), String>>>,
+}
+
+/// Writes the pending batch, if any, into its segments (one `write` per segment), seals the
+/// segments that grew full, and tells the waiters. The segments' lock is taken before the
+/// batch, so batches reach the files in the order they were cut.
+fn flush_pending(pending: &Mutex<Option<PendingBatch>>, segments: &Mutex<Segments>) {
+    let mut owner = lock(segments);
+    let Some(batch) = pending.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        return;
+    };
+    let mut to_seal = Vec::new();
+    let mut outcome = Ok(());
+    for (partition, (bytes, records)) in &batch.lines {
+        match owner.append(partition, bytes, *records) {
+            Ok(full) => to_seal.extend(full),
+            Err(e) => {
+                tracing::error!("audit records lost from the spool: {e}");
+                outcome = Err(e.to_string());
+            }
+        }
+    }
+    let uploader = owner.uploader.clone();
+    drop(owner);
+    for segment in to_seal {
+        seal(segment, &uploader);
+    }
+    batch.done.send_replace(Some(outcome));
 }
 
 impl AuditLog {
@@ -192,6 +261,7 @@ impl AuditLog {
             .map_err(|e| Error::io(&config.spool_dir, e))?;
         Ok(AuditLog {
             jobs: Mutex::new(Some(tx)),
+            pending: Arc::new(Mutex::new(None)),
             segments,
             counters,
             config,
@@ -211,18 +281,14 @@ impl AuditLog {
         if used >= self.config.spool_cap_bytes {
             return ready(self.full(used));
         }
-        let (done, waiting) = match durability {
-            Durability::Write => return ready(self.write_now(&record)),
-            Durability::Async => (None, None),
-            Durability::Fsync => {
-                let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
-            }
-        };
+        if durability != Durability::Fsync {
+            return self.batch(&record, durability);
+        }
+        let (tx, rx) = oneshot::channel();
         let job = Job::Record {
             record: Box::new(record),
             durability,
-            done,
+            done: Some(tx),
         };
         let sent = match &*self.jobs.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(jobs) => jobs.try_send(job),
@@ -231,11 +297,8 @@ impl AuditLog {
         match sent {
             Ok(()) => {
                 self.counters.queued.fetch_add(1, Ordering::Relaxed);
-                match waiting {
-                    Some(rx) => Logged {
-                        state: LoggedState::Waiting(rx),
-                    },
-                    None => ready(Ok(())),
+                Logged {
+                    state: LoggedState::Waiting(rx),
                 }
             }
             Err(TrySendError::Full(_)) => ready(self.full(used)),
@@ -243,34 +306,62 @@ impl AuditLog {
         }
     }
 
-    /// Appends a record to its segment from this thread: serialized before taking the lock,
-    /// written with one syscall under it.
-    fn write_now(&self, record: &AuditRecord) -> Result<()> {
+    /// Serializes a `write` or `async` record (on this thread, before any lock) into the
+    /// pending batch; the batch's first record schedules its flush on this thread's runtime
+    /// (without one, it is flushed at once). A `write` record's answer waits for the flush.
+    fn batch(&self, record: &AuditRecord, durability: Durability) -> Logged {
+        let ready = |result| Logged {
+            state: LoggedState::Ready(Some(result)),
+        };
         if self
             .jobs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_none()
         {
-            return Err(Error::Closed);
+            return ready(Err(Error::Closed));
         }
-        let mut line = Vec::with_capacity(512);
-        serde_json::to_writer(&mut line, record)
-            .map_err(|e| Error::io(&self.config.spool_dir, std::io::Error::other(e.to_string())))?;
+        let mut line = Vec::with_capacity(768);
+        if let Err(e) = serde_json::to_writer(&mut line, record) {
+            return ready(Err(Error::io(
+                &self.config.spool_dir,
+                std::io::Error::other(e.to_string()),
+            )));
+        }
         line.push(b'\n');
         let partition = record.partition();
+        let (waiter, first) = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let first = pending.is_none();
+            let batch = pending.get_or_insert_with(|| PendingBatch {
+                lines: HashMap::new(),
+                done: watch::channel(None).0,
+            });
+            let entry = batch.lines.entry(partition).or_default();
+            entry.0.extend_from_slice(&line);
+            entry.1 += 1;
+            let waiter = (durability == Durability::Write).then(|| batch.done.subscribe());
+            (waiter, first)
+        };
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        let appended = lock(&self.segments).append(&partition, &line, 1);
-        match appended {
-            Ok(Some(full)) => {
-                seal(full, &self.uploader);
-                Ok(())
+        if first {
+            let (pending, segments) = (self.pending.clone(), self.segments.clone());
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        // The other queries of this scheduler pass add their records first.
+                        tokio::task::yield_now().await;
+                        flush_pending(&pending, &segments);
+                    });
+                }
+                Err(_) => flush_pending(&pending, &segments),
             }
-            Ok(None) => Ok(()),
-            Err(e) => {
-                tracing::error!("audit record lost from the spool: {e}");
-                Err(e)
-            }
+        }
+        match waiter {
+            Some(receiver) => Logged {
+                state: LoggedState::Flushing(Flushed::new(receiver)),
+            },
+            None => ready(Ok(())),
         }
     }
 
@@ -306,6 +397,7 @@ impl AuditLog {
     /// Seals every open segment now and waits until the spool is empty (every segment
     /// uploaded), or `timeout`. Returns whether it emptied.
     pub async fn flush(&self, timeout: Duration) -> bool {
+        flush_pending(&self.pending, &self.segments);
         let (tx, rx) = oneshot::channel();
         let sent = match &*self.jobs.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(jobs) => jobs.send(Job::SealAll(tx)).is_ok(),

@@ -8,12 +8,13 @@ use crate::error::{Error, Result};
 use crate::key::TypedColumn;
 use arrow_array::{Array, ArrayRef};
 use serde_json::Value;
+use std::sync::Arc;
 
 #[derive(Debug)]
 pub(crate) struct ColumnWriter {
-    /// `"name":`, escaped once.
-    prefix: Vec<u8>,
-    name: String,
+    /// `"name":`, escaped once (shared by the writers of the same column over other rows).
+    prefix: Arc<[u8]>,
+    name: Arc<str>,
     values: TypedColumn,
 }
 
@@ -28,8 +29,19 @@ impl ColumnWriter {
         write_str(&mut prefix, output);
         prefix.push(b':');
         Ok(ColumnWriter {
-            prefix,
-            name: output.to_owned(),
+            prefix: prefix.into(),
+            name: output.into(),
+            values,
+        })
+    }
+
+    /// The same column's writer over other rows (`array`, of the same type: a database's
+    /// answer to one query), without escaping its name again.
+    pub(crate) fn over(&self, array: &ArrayRef) -> Option<ColumnWriter> {
+        let values = TypedColumn::new(array)?;
+        (values.key_type() == self.values.key_type()).then(|| ColumnWriter {
+            prefix: self.prefix.clone(),
+            name: self.name.clone(),
             values,
         })
     }

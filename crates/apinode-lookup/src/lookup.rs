@@ -652,6 +652,18 @@ impl Outputs {
         Ok(Outputs { writers })
     }
 
+    /// The same columns' writers over other arrays (one per column, in order, of the same
+    /// types): the rows a database returned for one query.
+    pub(crate) fn over(&self, arrays: &[arrow_array::ArrayRef]) -> Option<Outputs> {
+        let writers = self
+            .writers
+            .iter()
+            .zip(arrays)
+            .map(|(writer, array)| writer.over(array))
+            .collect::<Option<Vec<_>>>()?;
+        (writers.len() == self.writers.len()).then_some(Outputs { writers })
+    }
+
     pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         self.writers.iter().map(|w| w.name())
     }

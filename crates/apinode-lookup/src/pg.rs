@@ -274,6 +274,8 @@ pub struct ReferencedLookup {
 struct Shape {
     keys: Vec<(String, KeyType)>,
     outputs: Vec<(OutputColumn, KeyType)>,
+    /// The output columns' JSON writers (names escaped once), put over each answer's rows.
+    writers: Outputs,
     /// For any number of records: the keys as arrays, joined through `unnest`.
     sql: String,
     /// For one record to look up (a `lookup`, or one record to enrich): the keys as scalar
@@ -471,9 +473,17 @@ impl ReferencedLookup {
             single_where.join(" AND "),
             if first { " ORDER BY t.ctid" } else { "" }
         );
+        let columns: Vec<OutputColumn> = outputs.iter().map(|(c, _)| c.clone()).collect();
+        let empty = outputs
+            .iter()
+            .enumerate()
+            .map(|(c, (column, key_type))| column_array(&[], c + 1, *key_type, column, self))
+            .collect::<Result<Vec<_>>>()?;
+        let writers = Outputs::new(&self.dataset, &columns, &empty)?;
         Ok(Shape {
             keys,
             outputs,
+            writers,
             sql,
             single_sql,
         })
@@ -592,7 +602,6 @@ async fn run(
     if let Some(error) = pending {
         return Err(error);
     }
-    let columns: Vec<OutputColumn> = shape.outputs.iter().map(|(c, _)| c.clone()).collect();
     let arrays = shape
         .outputs
         .iter()
@@ -600,7 +609,10 @@ async fn run(
         .map(|(c, (column, key_type))| column_array(&rows, c + 1, *key_type, column, lookup))
         .collect::<Result<Vec<_>>>()
         .map_err(|e| (None, e))?;
-    let outputs = Outputs::new(&lookup.dataset, &columns, &arrays).map_err(|e| (None, e))?;
+    let outputs = shape.writers.over(&arrays).ok_or_else(|| {
+        let e = Error::Config("the rows fetched do not have the output columns' types".into());
+        (None, e)
+    })?;
     let mut written = Written {
         buffer: Vec::with_capacity(matches.len() * 128),
         answers: Vec::with_capacity(matches.len()),

@@ -19,7 +19,8 @@ fn record(service: &str, id: usize, hour: u32) -> AuditRecord {
     let time = Utc.with_ymd_and_hms(2026, 12, 5, hour, 15, 0).unwrap();
     let mut record = AuditRecord::new(Stream::Queries, time, format!("req-{id}"), service, 200);
     record.endpoint = Some("churn".into());
-    record.inputs = Some(serde_json::json!({"features": {"n": id}}));
+    record.inputs =
+        Some(serde_json::value::to_raw_value(&serde_json::json!({"features": {"n": id}})).unwrap());
     record
 }
 

@@ -32,20 +32,33 @@ async fn write_logs(root: &Path, spool: &Path) {
         r.timing.insert("prediction".into(), json!(id));
         match id % 4 {
             0 => {
-                r.inputs = Some(json!({"features": {"n": id, "city": "Paris"}}));
-                r.outputs = Some(json!({"prediction": "yes", "probas": {"yes": 0.75}}));
+                r.inputs = Some(
+                    serde_json::value::to_raw_value(
+                        &json!({"features": {"n": id, "city": "Paris"}}),
+                    )
+                    .unwrap(),
+                );
+                r.outputs = Some(
+                    serde_json::value::to_raw_value(
+                        &json!({"prediction": "yes", "probas": {"yes": 0.75}}),
+                    )
+                    .unwrap(),
+                );
             }
             1 => {
                 // A multi call's item, its outputs a number.
                 r.item = Some(1);
-                r.inputs = Some(json!({"features": {"n": id}}));
-                r.outputs = Some(json!(id));
+                r.inputs =
+                    Some(serde_json::value::to_raw_value(&json!({"features": {"n": id}})).unwrap());
+                r.outputs = Some(serde_json::value::to_raw_value(&json!(id)).unwrap());
             }
             2 => {
                 // Cut to the payload cap: the inputs are a string.
-                r.inputs = Some(json!("{\"features\": {\"n\": 12"));
+                r.inputs = Some(
+                    serde_json::value::to_raw_value(&json!("{\"features\": {\"n\": 12")).unwrap(),
+                );
                 r.truncated = true;
-                r.outputs = Some(json!([1, 2]));
+                r.outputs = Some(serde_json::value::to_raw_value(&json!([1, 2])).unwrap());
             }
             _ => {
                 r.status = 400;

@@ -13,6 +13,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -185,8 +186,8 @@ pub(crate) struct QueryAudit {
     generation: Option<Arc<str>>,
     key_id: Option<String>,
     kind: Option<&'static str>,
-    /// One per item of the answer (`None`: payloads are off).
-    outputs: Vec<Option<(Value, bool)>>,
+    /// One per item of the answer (`None`: payloads are off), as JSON text.
+    outputs: Vec<Option<(Box<RawValue>, bool)>>,
     timing: Map<String, Value>,
     failure: Option<(u16, String, String)>,
 }
@@ -372,30 +373,33 @@ fn inputs_of(action: Action, body: &Value, item: Option<usize>) -> Value {
     }
 }
 
-/// A payload within `max` bytes of JSON: itself, or its JSON text cut to `max` bytes (as a
-/// string) and `true`.
-fn payload_of_value(value: Value, max: usize) -> (Value, bool) {
-    let text = match serde_json::to_vec(&value) {
-        Ok(text) => text,
-        Err(_) => return (value, false),
-    };
-    if text.len() <= max {
-        return (value, false);
+/// A payload within `max` bytes of JSON text: its text (serialized once), or that text cut to
+/// `max` bytes as a JSON string, and `true`.
+fn payload_of_value(value: Value, max: usize) -> (Box<RawValue>, bool) {
+    match serde_json::value::to_raw_value(&value) {
+        Ok(raw) if raw.get().len() <= max => (raw, false),
+        Ok(raw) => (cut_payload(raw.get().as_bytes(), max), true),
+        Err(_) => (cut_payload(b"", 0), false),
     }
-    (Value::String(cut(&text, max)), true)
 }
 
-fn payload_of_bytes(bytes: &[u8], max: usize) -> (Value, bool) {
+/// An answer's bytes as the payload, not parsed into a tree: checked to be JSON (a
+/// validation pass, no allocation but the copy), or kept as a string when they are not.
+fn payload_of_bytes(bytes: &[u8], max: usize) -> (Box<RawValue>, bool) {
     if bytes.len() > max {
-        return (Value::String(cut(bytes, max)), true);
+        return (cut_payload(bytes, max), true);
     }
-    match serde_json::from_slice(bytes) {
-        Ok(value) => (value, false),
-        Err(_) => (
-            Value::String(String::from_utf8_lossy(bytes).into_owned()),
-            false,
-        ),
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    match RawValue::from_string(text) {
+        Ok(raw) => (raw, false),
+        Err(_) => (cut_payload(bytes, bytes.len()), false),
     }
+}
+
+/// The first `max` bytes of `text`, as a JSON string.
+fn cut_payload(text: &[u8], max: usize) -> Box<RawValue> {
+    serde_json::value::to_raw_value(&cut(text, max))
+        .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("JSON"))
 }
 
 /// The first `max` bytes of UTF-8 text, cut at a character boundary.
@@ -513,20 +517,35 @@ pub(super) async fn admin_middleware(
 mod tests {
     use super::*;
 
+    /// A payload's JSON text and whether it was cut.
+    fn text((raw, cut): (Box<RawValue>, bool)) -> (String, bool) {
+        (raw.get().to_owned(), cut)
+    }
+
     #[test]
     fn payloads_are_cut_to_the_cap_and_marked() {
+        // An answer's bytes are kept as they are.
         assert_eq!(
-            payload_of_bytes(br#"{"a":1}"#, 100),
-            (json!({"a": 1}), false)
+            text(payload_of_bytes(br#"{"a": 1}"#, 100)),
+            (r#"{"a": 1}"#.to_owned(), false)
         );
         assert_eq!(
-            payload_of_bytes(br#"{"a":"xxxxxxxx"}"#, 5),
-            (json!(r#"{"a":"#), true)
+            text(payload_of_bytes(br#"{"a":"xxxxxxxx"}"#, 5)),
+            (r#""{\"a\":""#.to_owned(), true)
         );
-        let (cut_value, cut) = payload_of_value(json!({"city": "Saint-Étienne"}), 16);
+        // Bytes that are not JSON are kept as a string.
+        assert_eq!(
+            text(payload_of_bytes(b"not json", 100)),
+            (r#""not json""#.to_owned(), false)
+        );
+        let (cut_text, cut) = text(payload_of_value(json!({"city": "Saint-Étienne"}), 16));
         assert!(cut);
+        let cut_value: Value = serde_json::from_str(&cut_text).unwrap();
         assert!(cut_value.as_str().unwrap().len() <= 16);
-        assert_eq!(payload_of_value(json!([1, 2]), 5), (json!([1, 2]), false));
+        assert_eq!(
+            text(payload_of_value(json!([1, 2]), 5)),
+            ("[1,2]".to_owned(), false)
+        );
     }
 
     #[test]
