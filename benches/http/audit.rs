@@ -36,9 +36,9 @@
 
 use apinode_bench_http::{
     ADMIN_KEY, CLIENT_CORE, CONNECTIONS, Phase, Pinning, Profiler, SERVER_CORE, SERVICE, Server,
-    Settings, build_customers_bundle, call, core_count, cpu_model, deploy, describe_stalls,
-    env_var, load, lookup_path, lookup_requests, machine, node_binary, pin_self, reexecuted_role,
-    stall_probes, write_report,
+    Settings, build_customers_bundle, call, core_count, cpu_model, deploy, describe_stalls, load,
+    lookup_path, lookup_requests, machine, node_binary, pin_self, reexecuted_role, stall_probes,
+    write_report,
 };
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -55,14 +55,7 @@ fn main() {
     // Before any thread exists, so every thread of this process inherits the mask.
     let pinning = pin_self();
     let settings = Settings::new(full);
-    let rounds = env_var("APINODE_BENCH_ROUNDS")
-        .map(|v| {
-            v.parse()
-                .ok()
-                .filter(|n| *n > 0)
-                .unwrap_or_else(|| panic!("APINODE_BENCH_ROUNDS={v}: expected a count"))
-        })
-        .unwrap_or(2);
+    let rounds = settings.rounds;
     eprintln!(
         "audit bench ({}): {} rows, {CONNECTIONS} connections, {:?} phases, {rounds} rounds; {}",
         settings.mode(),

@@ -72,6 +72,8 @@ pub struct Settings {
     /// `APINODE_BENCH_PERF`: `perf record` each server during its max-load phase, with
     /// these call-graph arguments (`=dwarf` for code built without frame pointers).
     pub perf: Option<&'static [&'static str]>,
+    /// `APINODE_BENCH_ROUNDS`: rounds of the benches that alternate their order (2).
+    pub rounds: usize,
 }
 
 impl Settings {
@@ -86,6 +88,14 @@ impl Settings {
                 }
             },
         );
+        let rounds = env_var("APINODE_BENCH_ROUNDS")
+            .map(|v| {
+                v.parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .unwrap_or_else(|| panic!("APINODE_BENCH_ROUNDS={v}: expected a count"))
+            })
+            .unwrap_or(2);
         if full {
             Settings {
                 full,
@@ -93,6 +103,7 @@ impl Settings {
                 warm_up: Duration::from_secs(2),
                 phase: Duration::from_secs_f64(seconds.unwrap_or(10.0)),
                 perf,
+                rounds,
             }
         } else {
             Settings {
@@ -103,6 +114,7 @@ impl Settings {
                 warm_up: Duration::from_millis(200),
                 phase: Duration::from_secs_f64(seconds.unwrap_or(1.0)),
                 perf,
+                rounds,
             }
         }
     }

@@ -67,14 +67,7 @@ fn main() {
     // Before any thread exists, so every thread of this process inherits the mask.
     let pinning = pin_self();
     let settings = Settings::new(full);
-    let rounds = env_var("APINODE_BENCH_ROUNDS")
-        .map(|v| {
-            v.parse()
-                .ok()
-                .filter(|n| *n > 0)
-                .unwrap_or_else(|| panic!("APINODE_BENCH_ROUNDS={v}: expected a count"))
-        })
-        .unwrap_or(2);
+    let rounds = settings.rounds;
     let url = env_var("APINODE_BENCH_PG_URL")
         .or_else(|| env_var("APINODE_TEST_PG_URL"))
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned());
@@ -470,13 +463,17 @@ parameters = [{{ name = "key", type = "string" }}]
                 let cpu0 = postgres_cpu();
                 let phase = match side {
                     Side::Node => {
-                        let profiler = profile.then(|| settings.perf).flatten().map(|call_graph| {
-                            Profiler::start(
-                                &format!("referenced-{}", query.name()),
-                                &server,
-                                call_graph,
-                            )
-                        });
+                        let profiler =
+                            profile
+                                .then_some(settings.perf)
+                                .flatten()
+                                .map(|call_graph| {
+                                    Profiler::start(
+                                        &format!("referenced-{}", query.name()),
+                                        &server,
+                                        call_graph,
+                                    )
+                                });
                         let phase =
                             runtime.block_on(load(&server, &requests_of(query), None, duration));
                         drop(profiler);

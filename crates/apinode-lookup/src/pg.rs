@@ -654,7 +654,8 @@ fn column_array(
             .collect()
     }
     Ok(match key_type {
-        KeyType::String => Arc::new(StringArray::from(collect::<String>(rows, index, bad)?)),
+        // Borrowed from the rows: no string allocated per value before Arrow copies it.
+        KeyType::String => Arc::new(StringArray::from(collect::<&str>(rows, index, bad)?)),
         KeyType::Int64 => Arc::new(Int64Array::from(collect::<i64>(rows, index, bad)?)),
         KeyType::Float64 => Arc::new(Float64Array::from(collect::<f64>(rows, index, bad)?)),
         KeyType::Boolean => Arc::new(BooleanArray::from(collect::<bool>(rows, index, bad)?)),
