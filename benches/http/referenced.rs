@@ -205,20 +205,33 @@ impl Query {
         }
     }
 
+    fn path(self) -> String {
+        match self {
+            Query::Lookup => format!("/public/api/v1/{SERVICE}/{LOOKUP_ENDPOINT}/lookup"),
+            Query::Sql => format!("/public/api/v1/{SERVICE}/{SQL_ENDPOINT}/query"),
+        }
+    }
+
+    /// The request body asking for `key`.
+    fn body(self, key: &str) -> String {
+        match self {
+            Query::Lookup => format!(r#"{{"data": {{"key": "{key}"}}}}"#),
+            Query::Sql => format!(r#"{{"key": "{key}"}}"#),
+        }
+    }
+
     fn http_requests(self, keys: &[String]) -> Arc<Vec<Bytes>> {
-        let (path, body): (String, fn(&str) -> String) = match self {
-            Query::Lookup => (
-                format!("/public/api/v1/{SERVICE}/{LOOKUP_ENDPOINT}/lookup"),
-                |key| format!(r#"{{"data": {{"key": "{key}"}}}}"#),
-            ),
-            Query::Sql => (
-                format!("/public/api/v1/{SERVICE}/{SQL_ENDPOINT}/query"),
-                |key| format!(r#"{{"key": "{key}"}}"#),
-            ),
-        };
+        let path = self.path();
         Arc::new(
             keys.iter()
-                .map(|key| Bytes::from(http_request("POST", &path, false, body(key).as_bytes())))
+                .map(|key| {
+                    Bytes::from(http_request(
+                        "POST",
+                        &path,
+                        false,
+                        self.body(key).as_bytes(),
+                    ))
+                })
                 .collect(),
         )
     }
@@ -427,22 +440,12 @@ parameters = [{{ name = "key", type = "string" }}]
     let samples = Query::ALL
         .iter()
         .map(|&query| {
-            let request = &requests_of(query)[0];
-            let body_start = request
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .expect("a request head")
-                + 4;
-            let path = match query {
-                Query::Lookup => format!("/public/api/v1/{SERVICE}/{LOOKUP_ENDPOINT}/lookup"),
-                Query::Sql => format!("/public/api/v1/{SERVICE}/{SQL_ENDPOINT}/query"),
-            };
             let answer = runtime.block_on(call(
                 server.addr,
                 "POST",
-                &path,
+                &query.path(),
                 false,
-                &request[body_start..],
+                query.body(&keys[0]).as_bytes(),
             ));
             let answer: Value = serde_json::from_slice(&answer).expect("a JSON answer");
             let found = match query {
