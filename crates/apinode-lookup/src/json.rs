@@ -35,17 +35,6 @@ impl ColumnWriter {
         })
     }
 
-    /// The same column's writer over other rows (`array`, of the same type: a database's
-    /// answer to one query), without escaping its name again.
-    pub(crate) fn over(&self, array: &ArrayRef) -> Option<ColumnWriter> {
-        let values = TypedColumn::new(array)?;
-        (values.key_type() == self.values.key_type()).then(|| ColumnWriter {
-            prefix: self.prefix.clone(),
-            name: self.name.clone(),
-            values,
-        })
-    }
-
     /// The same writer over `indices`' rows of this column, gathered with Arrow's `take`.
     pub(crate) fn gathered(&self, indices: &arrow_array::UInt32Array) -> ColumnWriter {
         let array = self.values.array();
@@ -61,6 +50,11 @@ impl ColumnWriter {
     /// The output name.
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// `"name":`, escaped.
+    pub(crate) fn prefix(&self) -> &[u8] {
+        &self.prefix
     }
 
     /// Writes `"name":value`; `row` None writes `null`.
@@ -93,28 +87,19 @@ impl ColumnWriter {
 
     #[inline]
     fn write_value(&self, row: usize, out: &mut Vec<u8>) {
+        write_cell(out, self.cell(row));
+    }
+
+    #[inline]
+    fn cell(&self, row: usize) -> Cell<'_> {
         match &self.values {
-            TypedColumn::Str(a) if a.is_valid(row) => write_str(out, a.value(row)),
-            TypedColumn::Int(a) if a.is_valid(row) => {
-                out.extend_from_slice(itoa::Buffer::new().format(a.value(row)).as_bytes());
-            }
-            TypedColumn::Float(a) if a.is_valid(row) && a.value(row).is_finite() => {
-                out.extend_from_slice(zmij::Buffer::new().format_finite(a.value(row)).as_bytes());
-            }
-            TypedColumn::Bool(a) if a.is_valid(row) => {
-                out.extend_from_slice(if a.value(row) { b"true" } else { b"false" });
-            }
-            TypedColumn::Date(a) if a.is_valid(row) => {
-                out.push(b'"');
-                write_date(out, i64::from(a.value(row)));
-                out.push(b'"');
-            }
-            TypedColumn::Timestamp(a) if a.is_valid(row) => {
-                out.push(b'"');
-                write_timestamp(out, a.value(row));
-                out.push(b'"');
-            }
-            _ => out.extend_from_slice(b"null"),
+            TypedColumn::Str(a) if a.is_valid(row) => Cell::Str(a.value(row)),
+            TypedColumn::Int(a) if a.is_valid(row) => Cell::Int(a.value(row)),
+            TypedColumn::Float(a) if a.is_valid(row) => Cell::Float(a.value(row)),
+            TypedColumn::Bool(a) if a.is_valid(row) => Cell::Bool(a.value(row)),
+            TypedColumn::Date(a) if a.is_valid(row) => Cell::Date(i64::from(a.value(row))),
+            TypedColumn::Timestamp(a) if a.is_valid(row) => Cell::Timestamp(a.value(row)),
+            _ => Cell::Null,
         }
     }
 
@@ -123,25 +108,63 @@ impl ColumnWriter {
         let Some(row) = row else {
             return Value::Null;
         };
-        match &self.values {
-            TypedColumn::Str(a) if a.is_valid(row) => Value::String(a.value(row).to_owned()),
-            TypedColumn::Int(a) if a.is_valid(row) => Value::from(a.value(row)),
-            TypedColumn::Float(a) if a.is_valid(row) => {
-                serde_json::Number::from_f64(a.value(row)).map_or(Value::Null, Value::Number)
-            }
-            TypedColumn::Bool(a) if a.is_valid(row) => Value::Bool(a.value(row)),
-            TypedColumn::Date(a) if a.is_valid(row) => {
+        match self.cell(row) {
+            Cell::Str(s) => Value::String(s.to_owned()),
+            Cell::Int(i) => Value::from(i),
+            Cell::Float(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+            Cell::Bool(b) => Value::Bool(b),
+            Cell::Date(days) => {
                 let mut text = Vec::with_capacity(10);
-                write_date(&mut text, i64::from(a.value(row)));
+                write_date(&mut text, days);
                 Value::String(String::from_utf8(text).expect("dates are ASCII"))
             }
-            TypedColumn::Timestamp(a) if a.is_valid(row) => {
+            Cell::Timestamp(micros) => {
                 let mut text = Vec::with_capacity(27);
-                write_timestamp(&mut text, a.value(row));
+                write_timestamp(&mut text, micros);
                 Value::String(String::from_utf8(text).expect("timestamps are ASCII"))
             }
-            _ => Value::Null,
+            Cell::Null => Value::Null,
         }
+    }
+}
+
+/// One value in its lookup type, wherever it was read from (an Arrow array, or a row a
+/// database returned): what a lookup answers, written by [`write_cell`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Cell<'a> {
+    Null,
+    Str(&'a str),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    /// Days since 1970-01-01.
+    Date(i64),
+    /// Microseconds since the epoch, UTC.
+    Timestamp(i64),
+}
+
+/// Writes `cell` as JSON: a float that is not finite (JSON has no NaN) as `null`, dates and
+/// timestamps as strings.
+#[inline]
+pub(crate) fn write_cell(out: &mut Vec<u8>, cell: Cell<'_>) {
+    match cell {
+        Cell::Str(s) => write_str(out, s),
+        Cell::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes()),
+        Cell::Float(f) if f.is_finite() => {
+            out.extend_from_slice(zmij::Buffer::new().format_finite(f).as_bytes());
+        }
+        Cell::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
+        Cell::Date(days) => {
+            out.push(b'"');
+            write_date(out, days);
+            out.push(b'"');
+        }
+        Cell::Timestamp(micros) => {
+            out.push(b'"');
+            write_timestamp(out, micros);
+            out.push(b'"');
+        }
+        Cell::Null | Cell::Float(_) => out.extend_from_slice(b"null"),
     }
 }
 

@@ -38,6 +38,18 @@ impl KeyType {
         })
     }
 
+    /// The Arrow type a column of this type has in a bundled table.
+    pub fn data_type(self) -> DataType {
+        match self {
+            KeyType::String => DataType::Utf8,
+            KeyType::Int64 => DataType::Int64,
+            KeyType::Float64 => DataType::Float64,
+            KeyType::Boolean => DataType::Boolean,
+            KeyType::Date => DataType::Date32,
+            KeyType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        }
+    }
+
     /// Whether `value` is of the variant this key type takes in [`crate::Lookup::find_key`].
     pub fn accepts(self, value: &KeyValue<'_>) -> bool {
         matches!(

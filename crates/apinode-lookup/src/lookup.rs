@@ -652,16 +652,10 @@ impl Outputs {
         Ok(Outputs { writers })
     }
 
-    /// The same columns' writers over other arrays (one per column, in order, of the same
-    /// types): the rows a database returned for one query.
-    pub(crate) fn over(&self, arrays: &[arrow_array::ArrayRef]) -> Option<Outputs> {
-        let writers = self
-            .writers
-            .iter()
-            .zip(arrays)
-            .map(|(writer, array)| writer.over(array))
-            .collect::<Option<Vec<_>>>()?;
-        (writers.len() == self.writers.len()).then_some(Outputs { writers })
+    /// Each column's `"name":`, escaped, in order: for rows written from elsewhere than
+    /// these writers' arrays (a database's answer).
+    pub(crate) fn prefixes(&self) -> impl Iterator<Item = &[u8]> {
+        self.writers.iter().map(|w| w.prefix())
     }
 
     pub(crate) fn names(&self) -> impl Iterator<Item = &str> {

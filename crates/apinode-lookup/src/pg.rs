@@ -16,15 +16,13 @@
 
 use crate::error::{Error, Result};
 use crate::exec::PG;
+use crate::json::{Cell, write_cell};
 use crate::key::KeyType;
 use crate::lookup::{
     IgnoreReason, Key, LookupAction, LookupConfig, Match, OutputColumn, Outputs, check_config,
     decide, describe_keys, key_of, output_columns,
 };
-use arrow_array::{
-    Array, ArrayRef, BooleanArray, Date32Array, Float64Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
-};
+use arrow_array::{Array, ArrayRef, RecordBatch};
 use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::{Map, Value};
@@ -474,11 +472,11 @@ impl ReferencedLookup {
             if first { " ORDER BY t.ctid" } else { "" }
         );
         let columns: Vec<OutputColumn> = outputs.iter().map(|(c, _)| c.clone()).collect();
-        let empty = outputs
+        // Writers over empty arrays of the output types: only their escaped names serve.
+        let empty: Vec<ArrayRef> = outputs
             .iter()
-            .enumerate()
-            .map(|(c, (column, key_type))| column_array(&[], c + 1, *key_type, column, self))
-            .collect::<Result<Vec<_>>>()?;
+            .map(|(_, key_type)| arrow_array::new_empty_array(&key_type.data_type()))
+            .collect();
         let writers = Outputs::new(&self.dataset, &columns, &empty)?;
         Ok(Shape {
             keys,
@@ -602,78 +600,87 @@ async fn run(
     if let Some(error) = pending {
         return Err(error);
     }
-    let arrays = shape
-        .outputs
-        .iter()
-        .enumerate()
-        .map(|(c, (column, key_type))| column_array(&rows, c + 1, *key_type, column, lookup))
-        .collect::<Result<Vec<_>>>()
-        .map_err(|e| (None, e))?;
-    let outputs = shape.writers.over(&arrays).ok_or_else(|| {
-        let e = Error::Config("the rows fetched do not have the output columns' types".into());
-        (None, e)
-    })?;
+    write_rows(lookup, &shape, &rows, &matches).map_err(|e| (None, e))
+}
+
+/// Writes each match's answer straight from the rows fetched (`Match::Row` indexes `rows`),
+/// with the bundled writers' leaf functions: the same bytes, without building Arrow arrays
+/// for one query's few rows.
+fn write_rows(
+    lookup: &ReferencedLookup,
+    shape: &Shape,
+    rows: &[Row],
+    matches: &[Match],
+) -> Result<Written> {
     let mut written = Written {
         buffer: Vec::with_capacity(matches.len() * 128),
         answers: Vec::with_capacity(matches.len()),
     };
-    let ranges = outputs.write_matches(&matches, &mut written.buffer);
-    for (found, range) in matches.iter().zip(ranges) {
-        written.answers.push(match (found, range) {
-            (Match::Ignored(reason), _) => Answer::Ignored(*reason),
-            (_, range) => Answer::Data(range.unwrap_or(0..0)),
-        });
+    let out = &mut written.buffer;
+    for found in matches {
+        let row = match found {
+            Match::Row(row) => Some(&rows[*row]),
+            Match::Nulls => None,
+            Match::Ignored(reason) => {
+                written.answers.push(Answer::Ignored(*reason));
+                continue;
+            }
+        };
+        let start = out.len();
+        out.push(b'{');
+        for (c, (prefix, (column, key_type))) in
+            shape.writers.prefixes().zip(&shape.outputs).enumerate()
+        {
+            if c > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(prefix);
+            let value = match row {
+                Some(row) => cell(row, c + 1, *key_type).map_err(|e| Error::Database {
+                    connection: lookup.connection.name.clone(),
+                    message: format!(
+                        "dataset `{}`: column `{}`: {}",
+                        lookup.dataset,
+                        column.column,
+                        describe(&e)
+                    ),
+                })?,
+                None => Cell::Null,
+            };
+            write_cell(out, value);
+        }
+        out.push(b'}');
+        written.answers.push(Answer::Data(start..out.len()));
     }
     Ok(written)
 }
 
-/// One output column of the rows fetched, as an Arrow array of its lookup type.
-fn column_array(
-    rows: &[Row],
+/// The value of column `index` of `row`, read as `key_type` (the statement casts each
+/// output column to its lookup type's canonical PostgreSQL type); strings borrowed.
+fn cell(
+    row: &Row,
     index: usize,
     key_type: KeyType,
-    column: &OutputColumn,
-    lookup: &ReferencedLookup,
-) -> Result<ArrayRef> {
-    let bad = |e: tokio_postgres::Error| Error::Database {
-        connection: lookup.connection.name.clone(),
-        message: format!(
-            "dataset `{}`: column `{}`: {}",
-            lookup.dataset,
-            column.column,
-            describe(&e)
-        ),
-    };
-    fn collect<'a, T: tokio_postgres::types::FromSql<'a>>(
-        rows: &'a [Row],
-        index: usize,
-        bad: impl Fn(tokio_postgres::Error) -> Error,
-    ) -> Result<Vec<Option<T>>> {
-        rows.iter()
-            .map(|r| r.try_get::<_, Option<T>>(index).map_err(&bad))
-            .collect()
-    }
+) -> std::result::Result<Cell<'_>, tokio_postgres::Error> {
     Ok(match key_type {
-        // Borrowed from the rows: no string allocated per value before Arrow copies it.
-        KeyType::String => Arc::new(StringArray::from(collect::<&str>(rows, index, bad)?)),
-        KeyType::Int64 => Arc::new(Int64Array::from(collect::<i64>(rows, index, bad)?)),
-        KeyType::Float64 => Arc::new(Float64Array::from(collect::<f64>(rows, index, bad)?)),
-        KeyType::Boolean => Arc::new(BooleanArray::from(collect::<bool>(rows, index, bad)?)),
-        KeyType::Date => Arc::new(Date32Array::from(
-            collect::<NaiveDate>(rows, index, bad)?
-                .into_iter()
-                .map(|d| d.map(|d| (d - EPOCH).num_days() as i32))
-                .collect::<Vec<_>>(),
-        )),
-        KeyType::Timestamp => Arc::new(
-            TimestampMicrosecondArray::from(
-                collect::<DateTime<Utc>>(rows, index, bad)?
-                    .into_iter()
-                    .map(|t| t.map(|t| t.timestamp_micros()))
-                    .collect::<Vec<_>>(),
-            )
-            .with_timezone("UTC"),
-        ),
+        KeyType::String => row
+            .try_get::<_, Option<&str>>(index)?
+            .map_or(Cell::Null, Cell::Str),
+        KeyType::Int64 => row
+            .try_get::<_, Option<i64>>(index)?
+            .map_or(Cell::Null, Cell::Int),
+        KeyType::Float64 => row
+            .try_get::<_, Option<f64>>(index)?
+            .map_or(Cell::Null, Cell::Float),
+        KeyType::Boolean => row
+            .try_get::<_, Option<bool>>(index)?
+            .map_or(Cell::Null, Cell::Bool),
+        KeyType::Date => row
+            .try_get::<_, Option<NaiveDate>>(index)?
+            .map_or(Cell::Null, |d| Cell::Date((d - EPOCH).num_days())),
+        KeyType::Timestamp => row
+            .try_get::<_, Option<DateTime<Utc>>>(index)?
+            .map_or(Cell::Null, |t| Cell::Timestamp(t.timestamp_micros())),
     })
 }
 
