@@ -4,14 +4,16 @@
 //!
 //! [`AuditLog::open`] recovers what an earlier run left in the spool (a torn last line is cut,
 //! open segments are sealed) and starts a writer thread and an uploader task.
-//! [`AuditLog::log`] never waits for another thread: a `write` record is appended to its open
-//! segment (one per stream, service and hour) by the caller's thread, with one syscall; an
-//! `async` or `fsync` record is queued and the writer thread group-commits whatever is queued.
-//! The returned [`Logged`] resolves when the record is as durable as asked ([`Durability`]):
-//! at once (`async`), once written to the spool file (`write`, already so when `log` returns:
-//! a killed process loses nothing), or once fsynced (`fsync`: a machine crash loses nothing). Segments are sealed by size or age and uploaded; a segment is deleted
-//! only after its upload succeeded, so a store that is down only makes the spool grow, up to a
-//! cap with a chosen policy ([`FullPolicy`]).
+//! [`AuditLog::log`] never blocks: a `write` or `async` record is serialized straight into the
+//! pending batch, which the caller's runtime writes to the open segments (one per stream,
+//! service and hour) with one `write` per segment once the queries of the same instant have
+//! joined it; an `fsync` record is queued to the writer thread, which group-commits whatever
+//! is queued and fsyncs. The returned [`Logged`] resolves when the record is as durable as
+//! asked ([`Durability`]): at once (`async`), once its batch is written to the spool file
+//! (`write`: a killed process loses nothing), or once fsynced (`fsync`: a machine crash loses
+//! nothing). Segments are sealed by size or age and uploaded (moved, into a local directory
+//! on the same file system); a segment is deleted only after its upload succeeded, so a store
+//! that is down only makes the spool grow, up to a cap with a chosen policy ([`FullPolicy`]).
 //!
 //! [`LogReader`] (the `reader` feature, on by default) reads the logs back: SQL over the
 //! tables `queries`, `auth` and `admin` with DataFusion, and the last records of a stream
@@ -36,6 +38,6 @@ mod upload;
 pub use error::{Error, Result};
 #[cfg(feature = "reader")]
 pub use reader::{JSON_COLUMN, LogObject, LogReader, LogTable, QueryOutput, log_schema};
-pub use record::{AuditRecord, Stream};
+pub use record::{AuditRecord, Payload, Stream};
 pub use spool::{AuditConfig, AuditLog, AuditMetrics, Durability, FullPolicy, Logged};
-pub use store::{open_existing_store, open_store};
+pub use store::{LogStore, open_existing_store, open_store};

@@ -2,8 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// The log a record belongs to: user queries (partitioned by service), authentication
 /// failures, admin mutations.
@@ -66,10 +67,10 @@ pub struct AuditRecord {
     /// Features, parameters or lookup keys (absent when payload capture is off), as JSON
     /// text: an answer's bytes go into the record as they are, never parsed into a tree.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub inputs: Option<Box<RawValue>>,
+    pub inputs: Option<Payload>,
     /// Prediction and probabilities, rows, or the function's result.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub outputs: Option<Box<RawValue>>,
+    pub outputs: Option<Payload>,
     /// Whether `inputs` or `outputs` were cut to the service's payload size cap.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
@@ -78,9 +79,53 @@ pub struct AuditRecord {
     pub error_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_message: Option<String>,
-    /// Where the time went, in microseconds (`total`, `lookup`, `prediction`, ...).
-    #[serde(skip_serializing_if = "Map::is_empty")]
-    pub timing: Map<String, Value>,
+    /// Where the time went, in microseconds (`total`, `lookup`, `prediction`, ...): a JSON
+    /// object, in this order.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "steps")]
+    pub timing: Vec<(Cow<'static, str>, u64)>,
+}
+
+fn steps<S: serde::Serializer>(
+    timing: &[(Cow<'static, str>, u64)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(timing.iter().map(|(step, micros)| (step, micros)))
+}
+
+/// A payload (inputs or outputs) as JSON text, written into the record's line as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload(Box<str>);
+
+impl Payload {
+    /// JSON text the caller wrote itself (the answer the node sends, byte for byte): not
+    /// parsed again, which on the query path would cost as much as the rest of the record
+    /// (checked in debug builds). Text that is not JSON would break its record's line.
+    pub fn trusted(json: String) -> Payload {
+        debug_assert!(
+            serde_json::from_str::<&RawValue>(&json).is_ok(),
+            "a trusted payload is not JSON: {json}"
+        );
+        Payload(json.into_boxed_str())
+    }
+
+    pub fn get(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Checked JSON text.
+impl From<Box<RawValue>> for Payload {
+    fn from(raw: Box<RawValue>) -> Payload {
+        Payload(raw.into())
+    }
+}
+
+/// As raw JSON, for serializers other than the line writer (checked here again).
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let raw: &RawValue = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
 }
 
 /// Without chrono's `serde` feature (it would rebuild the Arrow stack with it): the time as
@@ -117,8 +162,18 @@ impl AuditRecord {
             status,
             error_type: None,
             error_message: None,
-            timing: Map::new(),
+            timing: Vec::new(),
         }
+    }
+
+    /// Whether the record goes to `partition`'s segment (without building its partition).
+    pub(crate) fn belongs_to(&self, partition: &Partition) -> bool {
+        self.stream == partition.stream
+            && self.time.timestamp().div_euclid(3600) == partition.hour
+            && match self.stream {
+                Stream::Queries => self.service == partition.service,
+                Stream::Auth | Stream::Admin => partition.service.is_empty(),
+            }
     }
 
     /// The segment the record goes to: its stream, its service (queries only), its hour.
@@ -132,6 +187,130 @@ impl AuditRecord {
             hour: self.time.timestamp().div_euclid(3600),
         }
     }
+}
+
+impl AuditRecord {
+    /// Appends the record's JSON line (and its newline) to `out`: the same bytes as serde's
+    /// serialization of the record, written field by field, with no intermediate string (the
+    /// time formatted from its parts, strings copied as they are unless they need escaping).
+    pub(crate) fn write_line(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"time\":\"");
+        write_time(out, &self.time);
+        out.extend_from_slice(b"\",\"request_id\":");
+        write_str(out, &self.request_id);
+        if let Some(item) = self.item {
+            out.extend_from_slice(b",\"item\":");
+            out.extend_from_slice(itoa::Buffer::new().format(item).as_bytes());
+        }
+        out.extend_from_slice(b",\"service\":");
+        write_str(out, &self.service);
+        let optional = [
+            (&b",\"endpoint\":"[..], &self.endpoint),
+            (b",\"endpoint_kind\":", &self.endpoint_kind),
+            (b",\"generation\":", &self.generation),
+            (b",\"deployment_id\":", &self.deployment_id),
+            (b",\"api_key_id\":", &self.api_key_id),
+            (b",\"client_address\":", &self.client_address),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                out.extend_from_slice(name);
+                write_str(out, value);
+            }
+        }
+        if let Some(context) = &self.context {
+            out.extend_from_slice(b",\"context\":");
+            write_json(out, context);
+        }
+        if let Some(inputs) = &self.inputs {
+            out.extend_from_slice(b",\"inputs\":");
+            out.extend_from_slice(inputs.get().as_bytes());
+        }
+        if let Some(outputs) = &self.outputs {
+            out.extend_from_slice(b",\"outputs\":");
+            out.extend_from_slice(outputs.get().as_bytes());
+        }
+        if self.truncated {
+            out.extend_from_slice(b",\"truncated\":true");
+        }
+        out.extend_from_slice(b",\"status\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
+        for (name, value) in [
+            (&b",\"error_type\":"[..], &self.error_type),
+            (b",\"error_message\":", &self.error_message),
+        ] {
+            if let Some(value) = value {
+                out.extend_from_slice(name);
+                write_str(out, value);
+            }
+        }
+        if !self.timing.is_empty() {
+            out.extend_from_slice(b",\"timing\":{");
+            for (i, (step, micros)) in self.timing.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(out, step);
+                out.push(b':');
+                out.extend_from_slice(itoa::Buffer::new().format(*micros).as_bytes());
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+/// A JSON string: copied as is when nothing needs escaping (the common case), else escaped by
+/// serde_json.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        write_json(out, s);
+    }
+}
+
+fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Writing a string or a JSON value to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, as `to_rfc3339_opts(Micros, true)` writes it; years
+/// outside 0..=9999 and leap seconds through chrono itself.
+fn write_time(out: &mut Vec<u8>, time: &DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    let year = time.year();
+    if !(0..=9999).contains(&year) || time.nanosecond() >= 1_000_000_000 {
+        let text = time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        out.extend_from_slice(text.as_bytes());
+        return;
+    }
+    let digits = |n: u32, width: usize, out: &mut Vec<u8>| {
+        let mut buffer = [b'0'; 9];
+        let mut n = n;
+        for slot in buffer[..width].iter_mut().rev() {
+            *slot = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        out.extend_from_slice(&buffer[..width]);
+    };
+    digits(year as u32, 4, out);
+    out.push(b'-');
+    digits(time.month(), 2, out);
+    out.push(b'-');
+    digits(time.day(), 2, out);
+    out.push(b'T');
+    digits(time.hour(), 2, out);
+    out.push(b':');
+    digits(time.minute(), 2, out);
+    out.push(b':');
+    digits(time.second(), 2, out);
+    out.push(b'.');
+    digits(time.nanosecond() / 1000, 6, out);
+    out.extend_from_slice(b"Z");
 }
 
 /// Records written to the same segment, and so to the same store folder.
@@ -202,6 +381,7 @@ impl Partition {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use proptest::prelude::*;
 
     #[test]
     fn records_go_to_their_service_and_hour() {
@@ -220,5 +400,61 @@ mod tests {
         assert_eq!(json["service"], "churn");
         assert_eq!(json["time"], "2026-12-05T07:30:00.000000Z");
         assert!(json.get("inputs").is_none() && json.get("truncated").is_none());
+    }
+
+    /// A string that often needs escaping.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9-]{0,12}",
+            any::<String>(),
+            Just("q\"b\\n\n\u{1}é".to_owned())
+        ]
+    }
+
+    prop_compose! {
+        fn any_record()(
+            micros in -62_135_596_800_000_000i64..253_402_300_799_999_999,
+            stream in prop_oneof![Just(Stream::Queries), Just(Stream::Auth), Just(Stream::Admin)],
+            (request_id, service) in (text(), text()),
+            item in proptest::option::of(0usize..10_000),
+            strings in proptest::collection::vec(proptest::option::of(text()), 8),
+            context in proptest::option::of(text()),
+            (inputs, outputs) in (proptest::option::of(text()), proptest::option::of(-1e6f64..1e6)),
+            truncated in any::<bool>(),
+            status in 100u16..600,
+            timing in proptest::collection::vec((text(), any::<u64>()), 0..4),
+        ) -> AuditRecord {
+            let time = DateTime::from_timestamp_micros(micros).unwrap();
+            let mut r = AuditRecord::new(stream, time, request_id, service, status);
+            r.item = item;
+            r.endpoint = strings[0].clone();
+            r.endpoint_kind = strings[1].clone();
+            r.generation = strings[2].clone();
+            r.deployment_id = strings[3].clone();
+            r.api_key_id = strings[4].clone();
+            r.client_address = strings[5].clone();
+            r.error_type = strings[6].clone();
+            r.error_message = strings[7].clone();
+            r.context = context.map(|c| serde_json::json!({"note": c, "n": [1, 2.5, null]}));
+            r.inputs = inputs.map(|i| {
+                serde_json::value::to_raw_value(&serde_json::json!({"key": i})).unwrap().into()
+            });
+            r.outputs = outputs.map(|o| Payload::trusted(serde_json::to_string(&o).unwrap()));
+            r.truncated = truncated;
+            r.timing = timing.into_iter().map(|(k, v)| (k.into(), v)).collect();
+            r
+        }
+    }
+
+    proptest! {
+        // The hand-written line is byte for byte serde's serialization of the record.
+        #[test]
+        fn lines_are_serdes_serialization(record in any_record()) {
+            let mut line = Vec::new();
+            record.write_line(&mut line);
+            let mut expected = serde_json::to_vec(&record).unwrap();
+            expected.push(b'\n');
+            prop_assert_eq!(String::from_utf8(line).unwrap(), String::from_utf8(expected).unwrap());
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! other thread involved: the caller serializes its record and appends it to the pending
 //! batch; the first record of a batch spawns the flush, which yields once (so the records of
 //! every query answered in the same scheduler pass join the batch), then writes the batch
-//! with one `write` per segment and tells the batch's `write` waiters. `fsync` records are
+//! with one `write` per segment and wakes the batch's `write` waiters. `fsync` records are
 //! queued to a writer thread, which group-commits them (one `write` per segment per batch,
 //! one `fsync` per batch) away from the runtime's workers; it also seals segments that grew
 //! old.
@@ -17,8 +17,8 @@
 
 use crate::error::{Error, Result};
 use crate::record::{AuditRecord, Partition};
+use crate::store::LogStore;
 use crate::upload::Uploader;
-use object_store::ObjectStore;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
@@ -30,7 +30,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 pub(crate) const OPEN: &str = "open";
 pub(crate) const SEALED: &str = "jsonl";
@@ -135,7 +135,7 @@ enum Job {
 pub struct AuditLog {
     jobs: Mutex<Option<SyncSender<Job>>>,
     /// `write` and `async` records not yet in their segment files.
-    pending: Arc<Mutex<Option<PendingBatch>>>,
+    pending: Arc<Mutex<Pending>>,
     segments: Arc<Mutex<Segments>>,
     counters: Arc<Counters>,
     config: AuditConfig,
@@ -155,32 +155,52 @@ enum LoggedState {
     Ready(Option<Result<()>>),
     Waiting(oneshot::Receiver<Result<()>>),
     /// A `write` record: resolves with its batch's outcome, once flushed.
-    Flushing(Flushed),
+    Flushing(Arc<Flushed>),
 }
 
-struct Flushed(Pin<Box<dyn Future<Output = Result<()>> + Send>>);
+/// How a batch's flush ended, told to its `write` waiters: no future boxed per record, one
+/// shared state per batch.
+#[derive(Debug, Default)]
+struct Flushed {
+    state: Mutex<FlushState>,
+}
+
+#[derive(Debug, Default)]
+struct FlushState {
+    /// `None` until the flush ended: `Some(Ok)` written, `Some(Err(message))` not.
+    outcome: Option<std::result::Result<(), Option<String>>>,
+    waiters: Vec<std::task::Waker>,
+}
 
 impl Flushed {
-    fn new(mut outcome: watch::Receiver<Option<std::result::Result<(), String>>>) -> Flushed {
-        Flushed(Box::pin(async move {
-            match outcome.wait_for(Option::is_some).await {
-                Ok(done) => match &*done {
-                    Some(Err(message)) => Err(Error::io(
-                        "audit spool",
-                        std::io::Error::other(message.clone()),
-                    )),
-                    _ => Ok(()),
-                },
-                // The batch was dropped unflushed (its runtime shut down).
-                Err(_) => Err(Error::Closed),
-            }
-        }))
+    /// Tells the waiters; an error message of `None` means the batch was dropped unflushed.
+    fn finish(&self, outcome: std::result::Result<(), Option<String>>) {
+        let waiters = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.outcome.get_or_insert(outcome);
+            std::mem::take(&mut state.waiters)
+        };
+        for waker in waiters {
+            waker.wake();
+        }
     }
-}
 
-impl std::fmt::Debug for Flushed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Flushed")
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match &state.outcome {
+            Some(Ok(())) => Poll::Ready(Ok(())),
+            Some(Err(Some(message))) => Poll::Ready(Err(Error::io(
+                "audit spool",
+                std::io::Error::other(message.clone()),
+            ))),
+            Some(Err(None)) => Poll::Ready(Err(Error::Closed)),
+            None => {
+                if !state.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    state.waiters.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -193,56 +213,89 @@ impl Future for Logged {
             LoggedState::Waiting(receiver) => Pin::new(receiver)
                 .poll(cx)
                 .map(|r| r.unwrap_or(Err(Error::Closed))),
-            LoggedState::Flushing(flushed) => flushed.0.as_mut().poll(cx),
+            LoggedState::Flushing(flushed) => flushed.poll(cx),
         }
     }
 }
 
-/// The `write` and `async` records of the next flush: their lines by segment, and the
-/// channel that tells the batch's outcome to its `write` waiters.
+/// The `write` and `async` records of the next flush, and the buffers of earlier batches,
+/// kept for the next ones.
+#[derive(Debug, Default)]
+struct Pending {
+    batch: Option<PendingBatch>,
+    spare: Vec<Vec<u8>>,
+}
+
+/// The lines of a batch by segment, and who waits for its flush.
 #[derive(Debug)]
 struct PendingBatch {
-    lines: HashMap<Partition, (Vec<u8>, u64)>,
-    done: watch::Sender<Option<std::result::Result<(), String>>>,
+    /// Each partition's lines, and how many.
+    lines: Vec<(Partition, Vec<u8>, u64)>,
+    done: Arc<Flushed>,
 }
+
+impl Drop for PendingBatch {
+    /// A batch dropped unflushed (its runtime shut down first) fails its waiters.
+    fn drop(&mut self) {
+        self.done.finish(Err(None));
+    }
+}
+
+/// Buffers kept for the next batches at most (a batch rarely has more than one partition).
+const SPARE_BUFFERS: usize = 4;
 
 /// Writes the pending batch, if any, into its segments (one `write` per segment), seals the
 /// segments that grew full, and tells the waiters. The segments' lock is taken before the
 /// batch, so batches reach the files in the order they were cut.
-fn flush_pending(pending: &Mutex<Option<PendingBatch>>, segments: &Mutex<Segments>) {
+fn flush_pending(pending: &Mutex<Pending>, segments: &Mutex<Segments>) {
     let mut owner = lock(segments);
-    let Some(batch) = pending.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+    let Some(mut batch) = pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .batch
+        .take()
+    else {
         return;
     };
     let mut to_seal = Vec::new();
     let mut outcome = Ok(());
-    for (partition, (bytes, records)) in &batch.lines {
+    for (partition, bytes, records) in &batch.lines {
         match owner.append(partition, bytes, *records) {
             Ok(full) => to_seal.extend(full),
             Err(e) => {
                 tracing::error!("audit records lost from the spool: {e}");
-                outcome = Err(e.to_string());
+                outcome = Err(Some(e.to_string()));
             }
         }
     }
     let uploader = owner.uploader.clone();
     drop(owner);
+    batch.done.finish(outcome);
+    let buffers = std::mem::take(&mut batch.lines);
+    {
+        let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, mut bytes, _) in buffers {
+            if pending.spare.len() < SPARE_BUFFERS {
+                bytes.clear();
+                pending.spare.push(bytes);
+            }
+        }
+    }
     for segment in to_seal {
         seal(segment, &uploader);
     }
-    batch.done.send_replace(Some(outcome));
 }
 
 impl AuditLog {
     /// Opens the spool (creating it), recovers what an earlier run left (open segments are cut
     /// to their last whole line and sealed), and starts the writer thread and the uploader
     /// (on the current tokio runtime), which uploads leftover segments first.
-    pub async fn open(config: AuditConfig, store: Arc<dyn ObjectStore>) -> Result<AuditLog> {
+    pub async fn open(config: AuditConfig, store: impl Into<LogStore>) -> Result<AuditLog> {
         std::fs::create_dir_all(&config.spool_dir).map_err(|e| Error::io(&config.spool_dir, e))?;
         let counters = Arc::new(Counters::default());
         let spool_bytes = recover(&config.spool_dir)?;
         counters.spool_bytes.store(spool_bytes, Ordering::Relaxed);
-        let uploader = Uploader::start(config.spool_dir.clone(), store, counters.clone());
+        let uploader = Uploader::start(config.spool_dir.clone(), store.into(), counters.clone());
         let (tx, rx) = std::sync::mpsc::sync_channel(config.queue_capacity);
         let segments = Arc::new(Mutex::new(Segments {
             config: config.clone(),
@@ -261,7 +314,7 @@ impl AuditLog {
             .map_err(|e| Error::io(&config.spool_dir, e))?;
         Ok(AuditLog {
             jobs: Mutex::new(Some(tx)),
-            pending: Arc::new(Mutex::new(None)),
+            pending: Arc::new(Mutex::new(Pending::default())),
             segments,
             counters,
             config,
@@ -306,9 +359,9 @@ impl AuditLog {
         }
     }
 
-    /// Serializes a `write` or `async` record (on this thread, before any lock) into the
-    /// pending batch; the batch's first record schedules its flush on this thread's runtime
-    /// (without one, it is flushed at once). A `write` record's answer waits for the flush.
+    /// Serializes a `write` or `async` record straight into the pending batch; the batch's
+    /// first record schedules its flush on this thread's runtime (without one, it is flushed
+    /// at once). A `write` record's answer waits for the flush.
     fn batch(&self, record: &AuditRecord, durability: Durability) -> Logged {
         let ready = |result| Logged {
             state: LoggedState::Ready(Some(result)),
@@ -321,26 +374,27 @@ impl AuditLog {
         {
             return ready(Err(Error::Closed));
         }
-        let mut line = Vec::with_capacity(768);
-        if let Err(e) = serde_json::to_writer(&mut line, record) {
-            return ready(Err(Error::io(
-                &self.config.spool_dir,
-                std::io::Error::other(e.to_string()),
-            )));
-        }
-        line.push(b'\n');
-        let partition = record.partition();
         let (waiter, first) = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let first = pending.is_none();
-            let batch = pending.get_or_insert_with(|| PendingBatch {
-                lines: HashMap::new(),
-                done: watch::channel(None).0,
+            let Pending { batch, spare } = &mut *pending;
+            let first = batch.is_none();
+            let batch = batch.get_or_insert_with(|| PendingBatch {
+                lines: Vec::with_capacity(1),
+                done: Arc::default(),
             });
-            let entry = batch.lines.entry(partition).or_default();
-            entry.0.extend_from_slice(&line);
-            entry.1 += 1;
-            let waiter = (durability == Durability::Write).then(|| batch.done.subscribe());
+            // A batch holds one or two partitions: a scan beats hashing the service name.
+            let at = match batch.lines.iter().position(|(p, ..)| record.belongs_to(p)) {
+                Some(at) => at,
+                None => {
+                    let buffer = spare.pop().unwrap_or_else(|| Vec::with_capacity(16 << 10));
+                    batch.lines.push((record.partition(), buffer, 0));
+                    batch.lines.len() - 1
+                }
+            };
+            let (_, bytes, records) = &mut batch.lines[at];
+            record.write_line(bytes);
+            *records += 1;
+            let waiter = (durability == Durability::Write).then(|| batch.done.clone());
             (waiter, first)
         };
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
@@ -358,8 +412,8 @@ impl AuditLog {
             }
         }
         match waiter {
-            Some(receiver) => Logged {
-                state: LoggedState::Flushing(Flushed::new(receiver)),
+            Some(flushed) => Logged {
+                state: LoggedState::Flushing(flushed),
             },
             None => ready(Ok(())),
         }
@@ -525,10 +579,8 @@ impl Batch {
                 } => {
                     let partition = record.partition();
                     let entry = batch.lines.entry(partition.clone()).or_default();
-                    if serde_json::to_writer(&mut entry.0, &*record).is_ok() {
-                        entry.0.push(b'\n');
-                        entry.1 += 1;
-                    }
+                    record.write_line(&mut entry.0);
+                    entry.1 += 1;
                     if let Some(done) = done {
                         batch.waiters.push((partition, durability, done));
                     }
@@ -722,7 +774,7 @@ fn seal(segment: Segment, uploader: &Uploader) {
     drop(segment.file);
     let sealed = segment.path.with_extension(SEALED);
     match std::fs::rename(&segment.path, &sealed) {
-        Ok(()) => uploader.wake(),
+        Ok(()) => uploader.sealed(sealed, segment.records),
         Err(e) => tracing::error!(
             "cannot seal {} ({} records): {e}; it is sealed at the next start",
             segment.path.display(),

@@ -6,7 +6,39 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::prefix::PrefixStore;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+/// Where a log goes: an object store, and, when the store is a local directory, that
+/// directory, so that sealed segments are moved into it (a rename, when the spool is on the
+/// same file system) rather than read and written again.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    objects: Arc<dyn ObjectStore>,
+    directory: Option<PathBuf>,
+}
+
+impl LogStore {
+    /// The store, for readers.
+    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
+    }
+
+    /// The local directory the store writes to, if it is one.
+    pub(crate) fn directory(&self) -> Option<&std::path::Path> {
+        self.directory.as_deref()
+    }
+}
+
+/// Any object store; segments are uploaded with `put`.
+impl From<Arc<dyn ObjectStore>> for LogStore {
+    fn from(objects: Arc<dyn ObjectStore>) -> LogStore {
+        LogStore {
+            objects,
+            directory: None,
+        }
+    }
+}
 
 /// Opens the log store named by `url`:
 /// - a path, or `file:///abs/path`: a local directory (created if absent);
@@ -15,8 +47,17 @@ use std::sync::Arc;
 ///   `AWS_REGION`, `AWS_ENDPOINT` for an S3-compatible server, `AWS_ALLOW_HTTP=true` for one
 ///   on plain HTTP), then `options` (object_store's keys: `aws_endpoint`, `aws_region`,
 ///   `aws_allow_http`, `aws_access_key_id`, ...), which win.
-pub fn open_store(url: &str, options: &[(String, String)]) -> Result<Arc<dyn ObjectStore>> {
-    open(url, options, true)
+pub fn open_store(url: &str, options: &[(String, String)]) -> Result<LogStore> {
+    let objects = open(url, options, true)?;
+    let directory = local_directory(url)
+        .map(|path| std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path)));
+    Ok(LogStore { objects, directory })
+}
+
+/// The directory of a local store's URL (a path, or `file:///path`).
+fn local_directory(url: &str) -> Option<&str> {
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    (!path.contains("://")).then_some(path)
 }
 
 /// Opens the log store named by `url` to read it, as [`open_store`] does, but a local
@@ -54,12 +95,11 @@ fn open(url: &str, options: &[(String, String)], create: bool) -> Result<Arc<dyn
     if !options.is_empty() {
         return Err(bad("store options apply to s3:// stores only".into()));
     }
-    let path = url.strip_prefix("file://").unwrap_or(url);
-    if path.contains("://") {
+    let Some(path) = local_directory(url) else {
         return Err(bad(
             "unknown scheme: use a directory path, file:///path or s3://bucket/prefix".into(),
         ));
-    }
+    };
     if create {
         std::fs::create_dir_all(path)
             .map_err(|e| bad(format!("cannot create the directory: {e}")))?;

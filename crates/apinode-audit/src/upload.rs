@@ -1,14 +1,17 @@
 //! The uploader: copies sealed segments to the store, oldest first, and deletes each only once
 //! its upload succeeded. A store that fails is retried with a growing pause (100 ms to 5 s);
-//! the spool keeps growing meanwhile and drains when the store is back.
+//! the spool keeps growing meanwhile and drains when the store is back. Into a local
+//! directory on the spool's file system, a segment is moved (renamed), not copied.
 
 use crate::record::Partition;
 use crate::spool::{Counters, SEALED};
+use crate::store::LogStore;
+use object_store::ObjectStoreExt;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -27,26 +30,36 @@ struct Shared {
     wake: Notify,
     stop: AtomicBool,
     counters: Arc<Counters>,
+    /// The records of each segment sealed by this run (a segment left by an earlier run is
+    /// counted when it is read).
+    records: Mutex<HashMap<PathBuf, u64>>,
 }
 
 impl Uploader {
     /// Starts the upload task on the current tokio runtime.
-    pub(crate) fn start(
-        dir: PathBuf,
-        store: Arc<dyn ObjectStore>,
-        counters: Arc<Counters>,
-    ) -> Uploader {
+    pub(crate) fn start(dir: PathBuf, store: LogStore, counters: Arc<Counters>) -> Uploader {
         let shared = Arc::new(Shared {
             wake: Notify::new(),
             stop: AtomicBool::new(false),
             counters,
+            records: Mutex::new(HashMap::new()),
         });
         tokio::spawn(run(dir, store, shared.clone()));
         Uploader { shared }
     }
 
-    /// A segment was sealed: look now rather than at the next rescan.
-    pub(crate) fn wake(&self) {
+    /// A segment was sealed (`path`, holding `records`): look now rather than at the next
+    /// rescan.
+    pub(crate) fn sealed(&self, path: PathBuf, records: u64) {
+        self.shared
+            .records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path, records);
+        self.wake();
+    }
+
+    fn wake(&self) {
         self.shared.wake.notify_one();
     }
 
@@ -71,7 +84,7 @@ impl Uploader {
     }
 }
 
-async fn run(dir: PathBuf, store: Arc<dyn ObjectStore>, shared: Arc<Shared>) {
+async fn run(dir: PathBuf, store: LogStore, shared: Arc<Shared>) {
     let mut pause = FIRST_PAUSE;
     while !shared.stop.load(Ordering::Relaxed) {
         let sealed = sealed_segments(&dir);
@@ -80,7 +93,7 @@ async fn run(dir: PathBuf, store: Arc<dyn ObjectStore>, shared: Arc<Shared>) {
             if shared.stop.load(Ordering::Relaxed) {
                 return;
             }
-            match upload(&store, path, &shared.counters).await {
+            match upload(&store, path, &shared).await {
                 Ok(()) => pause = FIRST_PAUSE,
                 Err(e) => {
                     shared
@@ -127,18 +140,67 @@ fn segment_of(path: &Path) -> String {
         .to_owned()
 }
 
-async fn upload(
-    store: &Arc<dyn ObjectStore>,
-    path: &Path,
-    counters: &Counters,
-) -> Result<(), String> {
+async fn upload(store: &LogStore, path: &Path, shared: &Shared) -> Result<(), String> {
     let stem = path
         .file_stem()
         .and_then(|s| s.to_str())
         .ok_or("a spool file name that is not UTF-8")?;
     let (partition, segment) = Partition::from_spool_name(stem)
         .ok_or_else(|| format!("`{stem}` is not an audit segment name"))?;
-    let location = StorePath::parse(format!("{}/{segment}.jsonl", partition.folder()))
+    let folder = partition.folder();
+    let known = shared
+        .records
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(path)
+        .copied();
+    let (size, records) = match (store.directory(), known) {
+        (Some(directory), Some(records)) => {
+            let size = std::fs::metadata(path)
+                .map_err(|e| format!("cannot read it: {e}"))?
+                .len();
+            let target = directory.join(&folder).join(format!("{segment}.jsonl"));
+            match move_into(path, &target) {
+                Ok(true) => (size, records),
+                Ok(false) => put(store, path, &folder, &segment).await?,
+                Err(e) => return Err(format!("cannot move it to {}: {e}", target.display())),
+            }
+        }
+        _ => put(store, path, &folder, &segment).await?,
+    };
+    shared
+        .records
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(path);
+    let counters = &shared.counters;
+    counters.spool_bytes.fetch_sub(size, Ordering::Relaxed);
+    counters.uploaded.fetch_add(records, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Renames the segment at `path` to `target` (creating its folders): whole or not at all, as
+/// a `put` is. `Ok(false)` when the two are on different file systems (copy instead).
+fn move_into(path: &Path, target: &Path) -> std::io::Result<bool> {
+    if let Some(folder) = target.parent() {
+        std::fs::create_dir_all(folder)?;
+    }
+    match std::fs::rename(path, target) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Copies the segment at `path` to the store with a `put`, then deletes it; returns its bytes
+/// and records.
+async fn put(
+    store: &LogStore,
+    path: &Path,
+    folder: &str,
+    segment: &str,
+) -> Result<(u64, u64), String> {
+    let location = StorePath::parse(format!("{folder}/{segment}.jsonl"))
         .map_err(|e| format!("invalid store path: {e}"))?;
     let bytes = tokio::fs::read(path)
         .await
@@ -148,6 +210,7 @@ async fn upload(
         bytes.iter().filter(|&&b| b == b'\n').count() as u64,
     );
     store
+        .objects()
         .put(&location, bytes.into())
         .await
         .map_err(|e| format!("cannot put {location}: {e}"))?;
@@ -156,7 +219,5 @@ async fn upload(
     tokio::fs::remove_file(path)
         .await
         .map_err(|e| format!("uploaded, but cannot remove it from the spool: {e}"))?;
-    counters.spool_bytes.fetch_sub(size, Ordering::Relaxed);
-    counters.uploaded.fetch_add(records, Ordering::Relaxed);
-    Ok(())
+    Ok((size, records))
 }

@@ -6,7 +6,7 @@
 mod reader;
 
 use apinode_audit::{
-    AuditConfig, AuditLog, AuditRecord, Durability, Error, FullPolicy, Stream, open_store,
+    AuditConfig, AuditLog, AuditRecord, Durability, Error, FullPolicy, LogStore, Stream, open_store,
 };
 use chrono::{TimeZone, Utc};
 use object_store::ObjectStore;
@@ -19,8 +19,11 @@ fn record(service: &str, id: usize, hour: u32) -> AuditRecord {
     let time = Utc.with_ymd_and_hms(2026, 12, 5, hour, 15, 0).unwrap();
     let mut record = AuditRecord::new(Stream::Queries, time, format!("req-{id}"), service, 200);
     record.endpoint = Some("churn".into());
-    record.inputs =
-        Some(serde_json::value::to_raw_value(&serde_json::json!({"features": {"n": id}})).unwrap());
+    record.inputs = Some(
+        serde_json::value::to_raw_value(&serde_json::json!({"features": {"n": id}}))
+            .unwrap()
+            .into(),
+    );
     record
 }
 
@@ -66,9 +69,23 @@ fn config(spool: &Path) -> AuditConfig {
 
 #[tokio::test]
 async fn records_reach_the_store_partitioned_by_service_and_hour() {
+    records_reach_the_store(false).await;
+}
+
+/// The same, into a local directory opened by its path: segments are moved there, not copied.
+#[tokio::test]
+async fn records_are_moved_into_a_local_store() {
+    records_reach_the_store(true).await;
+}
+
+async fn records_reach_the_store(by_path: bool) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let log = AuditLog::open(config(&dir.path().join("spool")), store(&root))
+    let log_store: LogStore = match by_path {
+        true => open_store(root.to_str().unwrap(), &[]).unwrap(),
+        false => store(&root).into(),
+    };
+    let log = AuditLog::open(config(&dir.path().join("spool")), log_store)
         .await
         .unwrap();
     for i in 0..100 {
@@ -355,7 +372,10 @@ async fn listed(store: &Arc<dyn ObjectStore>) -> Vec<String> {
 async fn records_reach_s3_and_survive_its_outage() {
     let port = free_port();
     let moto = Moto::start(port);
-    let store = open_store("s3://audit/logs", &moto.options()).unwrap();
+    let store = open_store("s3://audit/logs", &moto.options())
+        .unwrap()
+        .objects()
+        .clone();
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::open(config(&dir.path().join("spool")), store.clone())
         .await

@@ -28,37 +28,48 @@ async fn write_logs(root: &Path, spool: &Path) {
         r.endpoint = Some("score".into());
         r.endpoint_kind = Some("prediction".into());
         r.generation = Some("v1".into());
-        r.timing.insert("total".into(), json!(100 + id));
-        r.timing.insert("prediction".into(), json!(id));
+        r.timing.push(("total".into(), 100 + id as u64));
+        r.timing.push(("prediction".into(), id as u64));
         match id % 4 {
             0 => {
                 r.inputs = Some(
                     serde_json::value::to_raw_value(
                         &json!({"features": {"n": id, "city": "Paris"}}),
                     )
-                    .unwrap(),
+                    .unwrap()
+                    .into(),
                 );
                 r.outputs = Some(
                     serde_json::value::to_raw_value(
                         &json!({"prediction": "yes", "probas": {"yes": 0.75}}),
                     )
-                    .unwrap(),
+                    .unwrap()
+                    .into(),
                 );
             }
             1 => {
                 // A multi call's item, its outputs a number.
                 r.item = Some(1);
-                r.inputs =
-                    Some(serde_json::value::to_raw_value(&json!({"features": {"n": id}})).unwrap());
-                r.outputs = Some(serde_json::value::to_raw_value(&json!(id)).unwrap());
+                r.inputs = Some(
+                    serde_json::value::to_raw_value(&json!({"features": {"n": id}}))
+                        .unwrap()
+                        .into(),
+                );
+                r.outputs = Some(serde_json::value::to_raw_value(&json!(id)).unwrap().into());
             }
             2 => {
                 // Cut to the payload cap: the inputs are a string.
                 r.inputs = Some(
-                    serde_json::value::to_raw_value(&json!("{\"features\": {\"n\": 12")).unwrap(),
+                    serde_json::value::to_raw_value(&json!("{\"features\": {\"n\": 12"))
+                        .unwrap()
+                        .into(),
                 );
                 r.truncated = true;
-                r.outputs = Some(serde_json::value::to_raw_value(&json!([1, 2])).unwrap());
+                r.outputs = Some(
+                    serde_json::value::to_raw_value(&json!([1, 2]))
+                        .unwrap()
+                        .into(),
+                );
             }
             _ => {
                 r.status = 400;

@@ -7,14 +7,14 @@
 use super::{ApiError, AppState};
 use crate::config::{AuditSettings, ServicePolicy};
 use anyhow::Context;
-use apinode_audit::{AuditLog, AuditRecord, Durability, Stream};
+use apinode_audit::{AuditLog, AuditRecord, Durability, Payload, Stream};
 use apinode_runtime::Action;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -106,7 +106,7 @@ impl NodeAudit {
             key_id: None,
             kind: None,
             outputs: Vec::new(),
-            timing: Map::new(),
+            timing: Vec::with_capacity(3),
             failure: None,
         })
     }
@@ -156,7 +156,7 @@ impl NodeAudit {
         stream: Stream,
         time: DateTime<Utc>,
         request_id: String,
-        service: &str,
+        service: impl Into<String>,
         status: u16,
         client: Option<SocketAddr>,
     ) -> AuditRecord {
@@ -169,7 +169,13 @@ impl NodeAudit {
 
 /// A random 128-bit id, as 32 hex digits.
 fn request_id() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(32);
+    for byte in rand::random::<[u8; 16]>() {
+        id.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        id.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    id
 }
 
 /// What a logged user query collects on its way: filled by `user_api` as it answers.
@@ -187,8 +193,8 @@ pub(crate) struct QueryAudit {
     key_id: Option<String>,
     kind: Option<&'static str>,
     /// One per item of the answer (`None`: payloads are off), as JSON text.
-    outputs: Vec<Option<(Box<RawValue>, bool)>>,
-    timing: Map<String, Value>,
+    outputs: Vec<Option<(Payload, bool)>>,
+    timing: Vec<(Cow<'static, str>, u64)>,
     failure: Option<(u16, String, String)>,
 }
 
@@ -226,12 +232,12 @@ impl QueryAudit {
     /// An item's output that is not in the response's bytes (an ignored lookup item).
     pub(super) fn output_value(&mut self, value: Value) {
         let max = self.policy.max_payload_bytes;
-        let output = self.policy.payloads.then(|| payload_of_value(value, max));
+        let output = self.policy.payloads.then(|| payload_of_value(&value, max));
         self.outputs.push(output);
     }
 
-    pub(super) fn timing(&mut self, name: &str, micros: u64) {
-        self.timing.insert(name.to_owned(), micros.into());
+    pub(super) fn timing(&mut self, step: &'static str, micros: u64) {
+        self.timing.push((Cow::Borrowed(step), micros));
     }
 
     pub(super) fn fail(&mut self, error: &ApiError) {
@@ -261,7 +267,7 @@ impl QueryAudit {
             mut timing,
             failure,
         } = self;
-        timing.insert("total".into(), (start.elapsed().as_micros() as u64).into());
+        timing.push(("total".into(), start.elapsed().as_micros() as u64));
         let failure = failure.or_else(|| {
             (status != StatusCode::OK).then(|| {
                 (
@@ -275,49 +281,45 @@ impl QueryAudit {
             Some((401, _, _)) => Stream::Auth,
             _ => Stream::Queries,
         };
-        let base = || {
-            let mut r = node.record(
-                stream,
-                time,
-                request_id.clone(),
-                &service,
-                status.as_u16(),
-                client,
-            );
-            r.endpoint = Some(endpoint.clone());
-            r.endpoint_kind = kind.map(str::to_owned);
-            r.generation = generation.as_deref().map(str::to_owned);
-            r.api_key_id = key_id.clone();
-            r.context = body.as_ref().and_then(|b| b.get("context")).cloned();
-            r.timing = timing.clone();
-            r
-        };
+        // What every record of the query shares: cloned for all but the last record (a
+        // single query's only one), which takes it.
+        let mut base = node.record(stream, time, request_id, service, status.as_u16(), client);
+        base.endpoint = Some(endpoint);
+        base.endpoint_kind = kind.map(str::to_owned);
+        base.generation = generation.as_deref().map(str::to_owned);
+        base.api_key_id = key_id;
+        base.context = body.as_ref().and_then(|b| b.get("context")).cloned();
+        base.timing = timing;
         let multi = matches!(action, Some(Action::PredictMulti | Action::LookupMulti));
         if let Some((status, error_type, message)) = failure {
-            let mut r = base();
+            let mut r = base;
             r.status = status;
             r.error_type = Some(error_type);
             r.error_message = Some(message);
             if policy.payloads
                 && let (Some(action), Some(body)) = (action, &body)
             {
-                let inputs = match multi {
-                    true => Value::Array(
-                        (0..items_len(body))
-                            .map(|i| inputs_of(action, body, Some(i)))
-                            .collect(),
-                    ),
-                    false => inputs_of(action, body, None),
+                let (inputs, cut) = if multi {
+                    let all = (0..items_len(body))
+                        .map(|i| inputs_of(action, body, Some(i)).into_owned())
+                        .collect();
+                    payload_of_value(&Value::Array(all), policy.max_payload_bytes)
+                } else {
+                    payload_of_value(&inputs_of(action, body, None), policy.max_payload_bytes)
                 };
-                let (inputs, cut) = payload_of_value(inputs, policy.max_payload_bytes);
                 r.inputs = Some(inputs);
                 r.truncated = cut;
             }
             return vec![r];
         }
-        let mut records = Vec::with_capacity(outputs.len().max(1));
+        let count = outputs.len();
+        let mut records = Vec::with_capacity(count.max(1));
+        let mut base = Some(base);
         for (i, output) in outputs.into_iter().enumerate() {
-            let mut r = base();
+            let mut r = match i + 1 == count {
+                true => base.take().expect("the last record takes the base"),
+                false => base.clone().expect("kept until the last record"),
+            };
             let item = multi.then_some(i);
             r.item = item;
             if multi
@@ -332,7 +334,7 @@ impl QueryAudit {
                 r.truncated |= cut;
                 if let (Some(action), Some(body)) = (action, &body) {
                     let (inputs, cut) =
-                        payload_of_value(inputs_of(action, body, item), policy.max_payload_bytes);
+                        payload_of_value(&inputs_of(action, body, item), policy.max_payload_bytes);
                     r.inputs = Some(inputs);
                     r.truncated |= cut;
                 }
@@ -350,56 +352,56 @@ fn items_len(body: &Value) -> usize {
 }
 
 /// The inputs of a query (or of item `item` of a multi call): the features, the lookup keys,
-/// or a function's arguments (the body without `dispatch` and `context`).
-fn inputs_of(action: Action, body: &Value, item: Option<usize>) -> Value {
+/// or a function's arguments (the body without `dispatch` and `context`). Borrowed from the
+/// body but for arguments.
+fn inputs_of(action: Action, body: &Value, item: Option<usize>) -> Cow<'_, Value> {
+    const NULL: &Value = &Value::Null;
     let source = match item {
         Some(i) => body.get("items").and_then(|items| items.get(i)),
         None => Some(body),
     };
     let Some(source) = source else {
-        return Value::Null;
+        return Cow::Borrowed(NULL);
     };
     match action {
         Action::Predict | Action::PredictMulti => {
-            source.get("features").cloned().unwrap_or(Value::Null)
+            Cow::Borrowed(source.get("features").unwrap_or(NULL))
         }
-        Action::Lookup | Action::LookupMulti => source.get("data").cloned().unwrap_or(Value::Null),
+        Action::Lookup | Action::LookupMulti => Cow::Borrowed(source.get("data").unwrap_or(NULL)),
         Action::Query | Action::Run => {
             let mut args = source.as_object().cloned().unwrap_or_default();
             args.remove("dispatch");
             args.remove("context");
-            Value::Object(args)
+            Cow::Owned(Value::Object(args))
         }
     }
 }
 
 /// A payload within `max` bytes of JSON text: its text (serialized once), or that text cut to
 /// `max` bytes as a JSON string, and `true`.
-fn payload_of_value(value: Value, max: usize) -> (Box<RawValue>, bool) {
-    match serde_json::value::to_raw_value(&value) {
-        Ok(raw) if raw.get().len() <= max => (raw, false),
-        Ok(raw) => (cut_payload(raw.get().as_bytes(), max), true),
+fn payload_of_value(value: &Value, max: usize) -> (Payload, bool) {
+    match serde_json::to_string(value) {
+        Ok(text) if text.len() <= max => (Payload::trusted(text), false),
+        Ok(text) => (cut_payload(text.as_bytes(), max), true),
         Err(_) => (cut_payload(b"", 0), false),
     }
 }
 
-/// An answer's bytes as the payload, not parsed into a tree: checked to be JSON (a
-/// validation pass, no allocation but the copy), or kept as a string when they are not.
-fn payload_of_bytes(bytes: &[u8], max: usize) -> (Box<RawValue>, bool) {
+/// An answer's bytes as the node wrote them (JSON) as the payload: copied, not parsed again.
+fn payload_of_bytes(bytes: &[u8], max: usize) -> (Payload, bool) {
     if bytes.len() > max {
         return (cut_payload(bytes, max), true);
     }
-    let text = String::from_utf8_lossy(bytes).into_owned();
-    match RawValue::from_string(text) {
-        Ok(raw) => (raw, false),
-        Err(_) => (cut_payload(bytes, bytes.len()), false),
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (Payload::trusted(text.to_owned()), false),
+        Err(_) => (cut_payload(bytes, max), false),
     }
 }
 
 /// The first `max` bytes of `text`, as a JSON string.
-fn cut_payload(text: &[u8], max: usize) -> Box<RawValue> {
-    serde_json::value::to_raw_value(&cut(text, max))
-        .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("JSON"))
+fn cut_payload(text: &[u8], max: usize) -> Payload {
+    let text = serde_json::to_string(&cut(text, max)).unwrap_or_else(|_| "null".to_owned());
+    Payload::trusted(text)
 }
 
 /// The first `max` bytes of UTF-8 text, cut at a character boundary.
@@ -518,8 +520,8 @@ mod tests {
     use super::*;
 
     /// A payload's JSON text and whether it was cut.
-    fn text((raw, cut): (Box<RawValue>, bool)) -> (String, bool) {
-        (raw.get().to_owned(), cut)
+    fn text((payload, cut): (Payload, bool)) -> (String, bool) {
+        (payload.get().to_owned(), cut)
     }
 
     #[test]
@@ -533,17 +535,17 @@ mod tests {
             text(payload_of_bytes(br#"{"a":"xxxxxxxx"}"#, 5)),
             (r#""{\"a\":""#.to_owned(), true)
         );
-        // Bytes that are not JSON are kept as a string.
+        // Bytes that are not UTF-8 are kept as a string.
         assert_eq!(
-            text(payload_of_bytes(b"not json", 100)),
-            (r#""not json""#.to_owned(), false)
+            text(payload_of_bytes(b"caf\xe9", 100)),
+            ("\"caf\u{fffd}\"".to_owned(), false)
         );
-        let (cut_text, cut) = text(payload_of_value(json!({"city": "Saint-Étienne"}), 16));
+        let (cut_text, cut) = text(payload_of_value(&json!({"city": "Saint-Étienne"}), 16));
         assert!(cut);
         let cut_value: Value = serde_json::from_str(&cut_text).unwrap();
         assert!(cut_value.as_str().unwrap().len() <= 16);
         assert_eq!(
-            text(payload_of_value(json!([1, 2]), 5)),
+            text(payload_of_value(&json!([1, 2]), 5)),
             ("[1,2]".to_owned(), false)
         );
     }
@@ -553,13 +555,17 @@ mod tests {
         let body = json!({"items": [{"data": {"id": 1}}, {"data": {"id": 2}, "context": {"x": 1}}],
             "context": {"y": 2}});
         assert_eq!(
-            inputs_of(Action::LookupMulti, &body, Some(1)),
+            *inputs_of(Action::LookupMulti, &body, Some(1)),
             json!({"id": 2})
         );
         let body = json!({"features": {"a": 1}, "dispatch": {}});
-        assert_eq!(inputs_of(Action::Predict, &body, None), json!({"a": 1}));
+        assert_eq!(*inputs_of(Action::Predict, &body, None), json!({"a": 1}));
         let body = json!({"x": 1, "dispatch": {}, "context": {}});
-        assert_eq!(inputs_of(Action::Run, &body, None), json!({"x": 1}));
-        assert_eq!(request_id().len(), 32);
+        assert_eq!(*inputs_of(Action::Run, &body, None), json!({"x": 1}));
+        let id = request_id();
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
     }
 }
