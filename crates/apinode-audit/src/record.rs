@@ -5,6 +5,8 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// The log a record belongs to: user queries (partitioned by service), authentication
 /// failures, admin mutations.
@@ -52,16 +54,18 @@ pub struct AuditRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub endpoint_kind: Option<String>,
+    pub endpoint_kind: Option<Cow<'static, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub generation: Option<String>,
+    #[serde(serialize_with = "shared_str")]
+    pub generation: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deployment_id: Option<String>,
     /// The API key's id, never its secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_address: Option<String>,
+    #[serde(serialize_with = "address")]
+    pub client_address: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context: Option<Value>,
     /// Features, parameters or lookup keys (absent when payload capture is off), as JSON
@@ -83,6 +87,26 @@ pub struct AuditRecord {
     /// object, in this order.
     #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "steps")]
     pub timing: Vec<(Cow<'static, str>, u64)>,
+}
+
+fn shared_str<S: serde::Serializer>(
+    text: &Option<Arc<str>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match text {
+        Some(text) => serializer.serialize_str(text),
+        None => serializer.serialize_none(),
+    }
+}
+
+fn address<S: serde::Serializer>(
+    address: &Option<SocketAddr>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match address {
+        Some(address) => serializer.collect_str(address),
+        None => serializer.serialize_none(),
+    }
 }
 
 fn steps<S: serde::Serializer>(
@@ -205,18 +229,22 @@ impl AuditRecord {
         out.extend_from_slice(b",\"service\":");
         write_str(out, &self.service);
         let optional = [
-            (&b",\"endpoint\":"[..], &self.endpoint),
-            (b",\"endpoint_kind\":", &self.endpoint_kind),
-            (b",\"generation\":", &self.generation),
-            (b",\"deployment_id\":", &self.deployment_id),
-            (b",\"api_key_id\":", &self.api_key_id),
-            (b",\"client_address\":", &self.client_address),
+            (&b",\"endpoint\":"[..], self.endpoint.as_deref()),
+            (b",\"endpoint_kind\":", self.endpoint_kind.as_deref()),
+            (b",\"generation\":", self.generation.as_deref()),
+            (b",\"deployment_id\":", self.deployment_id.as_deref()),
+            (b",\"api_key_id\":", self.api_key_id.as_deref()),
         ];
         for (name, value) in optional {
             if let Some(value) = value {
                 out.extend_from_slice(name);
                 write_str(out, value);
             }
+        }
+        if let Some(address) = self.client_address {
+            use std::io::Write;
+            // An address has nothing to escape.
+            let _ = write!(out, ",\"client_address\":\"{address}\"");
         }
         if let Some(context) = &self.context {
             out.extend_from_slice(b",\"context\":");
@@ -417,6 +445,7 @@ mod tests {
             stream in prop_oneof![Just(Stream::Queries), Just(Stream::Auth), Just(Stream::Admin)],
             (request_id, service) in (text(), text()),
             item in proptest::option::of(0usize..10_000),
+            address in proptest::option::of(any::<SocketAddr>()),
             strings in proptest::collection::vec(proptest::option::of(text()), 8),
             context in proptest::option::of(text()),
             (inputs, outputs) in (proptest::option::of(text()), proptest::option::of(-1e6f64..1e6)),
@@ -428,11 +457,11 @@ mod tests {
             let mut r = AuditRecord::new(stream, time, request_id, service, status);
             r.item = item;
             r.endpoint = strings[0].clone();
-            r.endpoint_kind = strings[1].clone();
-            r.generation = strings[2].clone();
+            r.endpoint_kind = strings[1].clone().map(Cow::Owned);
+            r.generation = strings[2].as_deref().map(Arc::from);
             r.deployment_id = strings[3].clone();
             r.api_key_id = strings[4].clone();
-            r.client_address = strings[5].clone();
+            r.client_address = address;
             r.error_type = strings[6].clone();
             r.error_message = strings[7].clone();
             r.context = context.map(|c| serde_json::json!({"note": c, "n": [1, 2.5, null]}));

@@ -115,12 +115,12 @@ impl NodeAudit {
     /// that refuses them (full, with `reject`), or cannot write them, is a 503: the query is
     /// not answered without its record.
     async fn commit(&self, records: Vec<AuditRecord>) -> Result<(), ApiError> {
-        let pending: Vec<_> = records
-            .into_iter()
-            .map(|r| self.log.log(r, self.durability))
-            .collect();
+        let mut records = records.into_iter();
+        let first = records.next().map(|r| self.log.log(r, self.durability));
+        // Only a multi call's other items allocate.
+        let others: Vec<_> = records.map(|r| self.log.log(r, self.durability)).collect();
         let mut first_error = None;
-        for logged in pending {
+        for logged in first.into_iter().chain(others) {
             if let Err(e) = logged.await {
                 first_error.get_or_insert(e);
             }
@@ -162,7 +162,7 @@ impl NodeAudit {
     ) -> AuditRecord {
         let mut record = AuditRecord::new(stream, time, request_id, service, status);
         record.deployment_id = self.deployment_id.clone();
-        record.client_address = client.map(|c| c.to_string());
+        record.client_address = client;
         record
     }
 }
@@ -285,8 +285,8 @@ impl QueryAudit {
         // single query's only one), which takes it.
         let mut base = node.record(stream, time, request_id, service, status.as_u16(), client);
         base.endpoint = Some(endpoint);
-        base.endpoint_kind = kind.map(str::to_owned);
-        base.generation = generation.as_deref().map(str::to_owned);
+        base.endpoint_kind = kind.map(Cow::Borrowed);
+        base.generation = generation;
         base.api_key_id = key_id;
         base.context = body.as_ref().and_then(|b| b.get("context")).cloned();
         base.timing = timing;
@@ -499,7 +499,7 @@ pub(super) async fn admin_middleware(
     record.api_key_id = key_id;
     record.context = Some(json!({"method": method.as_str(), "path": path, "query": query}));
     if let Some(generation) = answer.get("generation").and_then(Value::as_str) {
-        record.generation = Some(generation.to_owned());
+        record.generation = Some(generation.into());
     }
     if !status.is_success() {
         record.error_type = answer
