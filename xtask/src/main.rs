@@ -159,8 +159,29 @@ fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A cargo command with the environment of a shell's: without the variables `cargo run` set
+/// for xtask itself. `ring`'s build script reruns when `CARGO_MANIFEST_DIR` changes, so
+/// leaving it set made every CI run rebuild `ring` and all above it (DataFusion included)
+/// after a plain `cargo build`, and the other way round.
 fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let set_by_cargo_run = name.to_str().is_some_and(|name| {
+            name.starts_with("CARGO_PKG_")
+                || matches!(
+                    name,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                )
+        });
+        if set_by_cargo_run {
+            command.env_remove(name);
+        }
+    }
+    command
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {
