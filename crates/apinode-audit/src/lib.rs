@@ -7,8 +7,10 @@
 //! [`AuditLog::log`] never blocks: a `write` or `async` record is serialized straight into the
 //! pending batch, which the caller's runtime writes to the open segments (one per stream,
 //! service and hour) with one `write` per segment once the queries of the same instant have
-//! joined it; an `fsync` record is queued to the writer thread, which group-commits whatever
-//! is queued and fsyncs. The returned [`Logged`] resolves when the record is as durable as
+//! joined it; an `fsync` record is serialized too and queued to the writer thread, which
+//! group-commits whatever is queued and fsyncs. A record is borrowed ([`AuditRecord`]'s text
+//! is `Cow`) and nothing of it is kept, so a caller can log from its own state without copying
+//! it. The returned [`Logged`] resolves when the record is as durable as
 //! asked ([`Durability`]): at once (`async`), once its batch is written to the spool file
 //! (`write`: a killed process loses nothing), or once fsynced (`fsync`: a machine crash loses
 //! nothing). Segments are sealed by size or age and uploaded (moved, into a local directory

@@ -6,7 +6,6 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 /// The log a record belongs to: user queries (partitioned by service), authentication
 /// failures, admin mutations.
@@ -40,63 +39,56 @@ impl Stream {
 /// One answered (or failed) query, an authentication failure, or an admin mutation. Fields
 /// that do not apply are `None` and left out of the JSON line. A `predict-multi` or
 /// `lookup-multi` call is one record per item, sharing the call's `request_id`.
+///
+/// Text is borrowed where the caller has it (`Cow`): a record is written into its line when it
+/// is logged and not kept, so a query's record can point into the query's own state and cost no
+/// allocation.
 #[derive(Debug, Clone, Serialize)]
-pub struct AuditRecord {
+pub struct AuditRecord<'a> {
     #[serde(skip)]
     pub stream: Stream,
     /// When the query reached the node (RFC 3339, UTC, microseconds).
     #[serde(serialize_with = "rfc3339")]
     pub time: DateTime<Utc>,
-    pub request_id: String,
+    pub request_id: Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub item: Option<usize>,
-    pub service: String,
+    pub service: Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
+    pub endpoint: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub endpoint_kind: Option<Cow<'static, str>>,
+    pub endpoint_kind: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(serialize_with = "shared_str")]
-    pub generation: Option<Arc<str>>,
+    pub generation: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub deployment_id: Option<String>,
+    pub deployment_id: Option<Cow<'a, str>>,
     /// The API key's id, never its secret.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub api_key_id: Option<String>,
+    pub api_key_id: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(serialize_with = "address")]
     pub client_address: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub context: Option<Value>,
+    pub context: Option<Cow<'a, Value>>,
     /// Features, parameters or lookup keys (absent when payload capture is off), as JSON
     /// text: an answer's bytes go into the record as they are, never parsed into a tree.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub inputs: Option<Payload>,
+    pub inputs: Option<Payload<'a>>,
     /// Prediction and probabilities, rows, or the function's result.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub outputs: Option<Payload>,
+    pub outputs: Option<Payload<'a>>,
     /// Whether `inputs` or `outputs` were cut to the service's payload size cap.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_type: Option<String>,
+    pub error_type: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_message: Option<String>,
+    pub error_message: Option<Cow<'a, str>>,
     /// Where the time went, in microseconds (`total`, `lookup`, `prediction`, ...): a JSON
     /// object, in this order.
-    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "steps")]
-    pub timing: Vec<(Cow<'static, str>, u64)>,
-}
-
-fn shared_str<S: serde::Serializer>(
-    text: &Option<Arc<str>>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match text {
-        Some(text) => serializer.serialize_str(text),
-        None => serializer.serialize_none(),
-    }
+    #[serde(skip_serializing_if = "<[_]>::is_empty", serialize_with = "steps")]
+    pub timing: &'a [(&'a str, u64)],
 }
 
 fn address<S: serde::Serializer>(
@@ -109,27 +101,25 @@ fn address<S: serde::Serializer>(
     }
 }
 
-fn steps<S: serde::Serializer>(
-    timing: &[(Cow<'static, str>, u64)],
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
+fn steps<S: serde::Serializer>(timing: &[(&str, u64)], serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_map(timing.iter().map(|(step, micros)| (step, micros)))
 }
 
 /// A payload (inputs or outputs) as JSON text, written into the record's line as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Payload(Box<str>);
+pub struct Payload<'a>(Cow<'a, str>);
 
-impl Payload {
+impl<'a> Payload<'a> {
     /// JSON text the caller wrote itself (the answer the node sends, byte for byte): not
     /// parsed again, which on the query path would cost as much as the rest of the record
     /// (checked in debug builds). Text that is not JSON would break its record's line.
-    pub fn trusted(json: String) -> Payload {
+    pub fn trusted(json: impl Into<Cow<'a, str>>) -> Payload<'a> {
+        let json = json.into();
         debug_assert!(
             serde_json::from_str::<&RawValue>(&json).is_ok(),
             "a trusted payload is not JSON: {json}"
         );
-        Payload(json.into_boxed_str())
+        Payload(json)
     }
 
     pub fn get(&self) -> &str {
@@ -138,14 +128,15 @@ impl Payload {
 }
 
 /// Checked JSON text.
-impl From<Box<RawValue>> for Payload {
-    fn from(raw: Box<RawValue>) -> Payload {
-        Payload(raw.into())
+impl From<Box<RawValue>> for Payload<'static> {
+    fn from(raw: Box<RawValue>) -> Payload<'static> {
+        let text: Box<str> = raw.into();
+        Payload(Cow::Owned(text.into()))
     }
 }
 
 /// As raw JSON, for serializers other than the line writer (checked here again).
-impl Serialize for Payload {
+impl Serialize for Payload<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let raw: &RawValue = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
         raw.serialize(serializer)
@@ -158,15 +149,15 @@ fn rfc3339<S: serde::Serializer>(time: &DateTime<Utc>, serializer: S) -> Result<
     serializer.collect_str(&time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
 
-impl AuditRecord {
+impl<'a> AuditRecord<'a> {
     /// A record of `stream` for `service` at `time`, with nothing else filled in.
     pub fn new(
         stream: Stream,
         time: DateTime<Utc>,
-        request_id: impl Into<String>,
-        service: impl Into<String>,
+        request_id: impl Into<Cow<'a, str>>,
+        service: impl Into<Cow<'a, str>>,
         status: u16,
-    ) -> AuditRecord {
+    ) -> AuditRecord<'a> {
         AuditRecord {
             stream,
             time,
@@ -186,7 +177,7 @@ impl AuditRecord {
             status,
             error_type: None,
             error_message: None,
-            timing: Vec::new(),
+            timing: &[],
         }
     }
 
@@ -205,7 +196,7 @@ impl AuditRecord {
         Partition {
             stream: self.stream,
             service: match self.stream {
-                Stream::Queries => self.service.clone(),
+                Stream::Queries => self.service.clone().into_owned(),
                 Stream::Auth | Stream::Admin => String::new(),
             },
             hour: self.time.timestamp().div_euclid(3600),
@@ -213,7 +204,7 @@ impl AuditRecord {
     }
 }
 
-impl AuditRecord {
+impl AuditRecord<'_> {
     /// Appends the record's JSON line (and its newline) to `out`: the same bytes as serde's
     /// serialization of the record, written field by field, with no intermediate string (the
     /// time formatted from its parts, strings copied as they are unless they need escaping).
@@ -440,6 +431,7 @@ mod tests {
     }
 
     prop_compose! {
+        /// A record (owning its text) and its timing steps, which a record borrows.
         fn any_record()(
             micros in -62_135_596_800_000_000i64..253_402_300_799_999_999,
             stream in prop_oneof![Just(Stream::Queries), Just(Stream::Auth), Just(Stream::Admin)],
@@ -452,33 +444,36 @@ mod tests {
             truncated in any::<bool>(),
             status in 100u16..600,
             timing in proptest::collection::vec((text(), any::<u64>()), 0..4),
-        ) -> AuditRecord {
+        ) -> (AuditRecord<'static>, Vec<(String, u64)>) {
             let time = DateTime::from_timestamp_micros(micros).unwrap();
             let mut r = AuditRecord::new(stream, time, request_id, service, status);
+            let owned = |i: usize| strings[i].clone().map(Cow::Owned);
             r.item = item;
-            r.endpoint = strings[0].clone();
-            r.endpoint_kind = strings[1].clone().map(Cow::Owned);
-            r.generation = strings[2].as_deref().map(Arc::from);
-            r.deployment_id = strings[3].clone();
-            r.api_key_id = strings[4].clone();
+            r.endpoint = owned(0);
+            r.endpoint_kind = owned(1);
+            r.generation = owned(2);
+            r.deployment_id = owned(3);
+            r.api_key_id = owned(4);
             r.client_address = address;
-            r.error_type = strings[6].clone();
-            r.error_message = strings[7].clone();
-            r.context = context.map(|c| serde_json::json!({"note": c, "n": [1, 2.5, null]}));
+            r.error_type = owned(6);
+            r.error_message = owned(7);
+            r.context = context
+                .map(|c| Cow::Owned(serde_json::json!({"note": c, "n": [1, 2.5, null]})));
             r.inputs = inputs.map(|i| {
                 serde_json::value::to_raw_value(&serde_json::json!({"key": i})).unwrap().into()
             });
             r.outputs = outputs.map(|o| Payload::trusted(serde_json::to_string(&o).unwrap()));
             r.truncated = truncated;
-            r.timing = timing.into_iter().map(|(k, v)| (k.into(), v)).collect();
-            r
+            (r, timing)
         }
     }
 
     proptest! {
         // The hand-written line is byte for byte serde's serialization of the record.
         #[test]
-        fn lines_are_serdes_serialization(record in any_record()) {
+        fn lines_are_serdes_serialization((mut record, timing) in any_record()) {
+            let steps: Vec<(&str, u64)> = timing.iter().map(|(s, m)| (s.as_str(), *m)).collect();
+            record.timing = &steps;
             let mut line = Vec::new();
             record.write_line(&mut line);
             let mut expected = serde_json::to_vec(&record).unwrap();

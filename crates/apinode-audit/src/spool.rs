@@ -6,7 +6,7 @@
 //! batch; the first record of a batch spawns the flush, which yields once (so the records of
 //! every query answered in the same scheduler pass join the batch), then writes the batch
 //! with one `write` per segment and wakes the batch's `write` waiters. `fsync` records are
-//! queued to a writer thread, which group-commits them (one `write` per segment per batch,
+//! serialized by the caller too and queued to a writer thread, which group-commits them (one `write` per segment per batch,
 //! one `fsync` per batch) away from the runtime's workers; it also seals segments that grew
 //! old.
 //!
@@ -120,10 +120,11 @@ pub(crate) struct Counters {
 }
 
 enum Job {
+    /// An `fsync` record, serialized by the caller.
     Record {
-        record: Box<AuditRecord>,
-        durability: Durability,
-        done: Option<oneshot::Sender<Result<()>>>,
+        partition: Partition,
+        line: Vec<u8>,
+        done: oneshot::Sender<Result<()>>,
     },
     /// Seal every open segment and answer when they are sealed (shutdown, tests).
     SealAll(oneshot::Sender<()>),
@@ -323,10 +324,11 @@ impl AuditLog {
         })
     }
 
-    /// Queues a record; never blocks. The answer resolves when the record is as durable as
-    /// `durability` asks. With the spool at its cap, or the queue full, the record is refused
+    /// Writes a record into its line now and queues the line; never blocks, and keeps nothing
+    /// of `record`. The answer resolves when the record is as durable as `durability` asks.
+    /// With the spool at its cap, or the queue full, the record is refused
     /// ([`Error::SpoolFull`]) or dropped, as the config says.
-    pub fn log(&self, record: AuditRecord, durability: Durability) -> Logged {
+    pub fn log(&self, record: &AuditRecord<'_>, durability: Durability) -> Logged {
         let ready = |result| Logged {
             state: LoggedState::Ready(Some(result)),
         };
@@ -335,13 +337,15 @@ impl AuditLog {
             return ready(self.full(used));
         }
         if durability != Durability::Fsync {
-            return self.batch(&record, durability);
+            return self.batch(record, durability);
         }
         let (tx, rx) = oneshot::channel();
+        let mut line = Vec::with_capacity(512);
+        record.write_line(&mut line);
         let job = Job::Record {
-            record: Box::new(record),
-            durability,
-            done: Some(tx),
+            partition: record.partition(),
+            line,
+            done: tx,
         };
         let sent = match &*self.jobs.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(jobs) => jobs.try_send(job),
@@ -362,7 +366,7 @@ impl AuditLog {
     /// Serializes a `write` or `async` record straight into the pending batch; the batch's
     /// first record schedules its flush on this thread's runtime (without one, it is flushed
     /// at once). A `write` record's answer waits for the flush.
-    fn batch(&self, record: &AuditRecord, durability: Durability) -> Logged {
+    fn batch(&self, record: &AuditRecord<'_>, durability: Durability) -> Logged {
         let ready = |result| Logged {
             state: LoggedState::Ready(Some(result)),
         };
@@ -563,7 +567,8 @@ const BATCH: usize = 4096;
 #[derive(Default)]
 struct Batch {
     lines: HashMap<Partition, (Vec<u8>, u64)>,
-    waiters: Vec<(Partition, Durability, oneshot::Sender<Result<()>>)>,
+    /// Every queued record asks for an fsync of its segment.
+    waiters: Vec<(Partition, oneshot::Sender<Result<()>>)>,
     seal_requests: Vec<oneshot::Sender<()>>,
 }
 
@@ -573,17 +578,14 @@ impl Batch {
         for job in jobs {
             match job {
                 Job::Record {
-                    record,
-                    durability,
+                    partition,
+                    line,
                     done,
                 } => {
-                    let partition = record.partition();
                     let entry = batch.lines.entry(partition.clone()).or_default();
-                    record.write_line(&mut entry.0);
+                    entry.0.extend_from_slice(&line);
                     entry.1 += 1;
-                    if let Some(done) = done {
-                        batch.waiters.push((partition, durability, done));
-                    }
+                    batch.waiters.push((partition, done));
                 }
                 Job::SealAll(done) => batch.seal_requests.push(done),
             }
@@ -650,11 +652,7 @@ impl Segments {
         let mut to_seal = Vec::new();
         let mut failed: HashMap<Partition, String> = HashMap::new();
         for (partition, (bytes, records)) in &lines {
-            // A record asking for fsync is synced before its segment may be sealed.
-            let wants_sync = waiters
-                .iter()
-                .any(|(p, d, _)| p == partition && *d == Durability::Fsync);
-            match self.append_synced(partition, bytes, *records, wants_sync) {
+            match self.append_synced(partition, bytes, *records, true) {
                 Ok(full) => to_seal.extend(full),
                 Err(e) => {
                     tracing::error!("audit records lost from the spool: {e}");
@@ -662,7 +660,7 @@ impl Segments {
                 }
             }
         }
-        for (partition, _, done) in waiters {
+        for (partition, done) in waiters {
             let result = match failed.get(&partition) {
                 Some(message) => Err(Error::io(
                     &self.config.spool_dir,

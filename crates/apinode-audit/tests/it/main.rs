@@ -15,9 +15,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn record(service: &str, id: usize, hour: u32) -> AuditRecord {
+fn record(service: &str, id: usize, hour: u32) -> AuditRecord<'static> {
     let time = Utc.with_ymd_and_hms(2026, 12, 5, hour, 15, 0).unwrap();
-    let mut record = AuditRecord::new(Stream::Queries, time, format!("req-{id}"), service, 200);
+    let mut record = AuditRecord::new(
+        Stream::Queries,
+        time,
+        format!("req-{id}"),
+        service.to_owned(),
+        200,
+    );
     record.endpoint = Some("churn".into());
     record.inputs = Some(
         serde_json::value::to_raw_value(&serde_json::json!({"features": {"n": id}}))
@@ -90,13 +96,13 @@ async fn records_reach_the_store(by_path: bool) {
         .unwrap();
     for i in 0..100 {
         let service = if i % 2 == 0 { "churn" } else { "fraud" };
-        log.log(record(service, i, 7 + (i % 3) as u32), Durability::Write)
+        log.log(&record(service, i, 7 + (i % 3) as u32), Durability::Write)
             .await
             .unwrap();
     }
     let mut auth = AuditRecord::new(Stream::Auth, Utc::now(), "req-x", "churn", 401);
     auth.error_message = Some("invalid API key".into());
-    log.log(auth, Durability::Fsync).await.unwrap();
+    log.log(&auth, Durability::Fsync).await.unwrap();
     assert!(
         log.close(Duration::from_secs(10)).await,
         "the spool emptied"
@@ -138,7 +144,7 @@ async fn a_written_record_is_in_the_spool_before_any_upload() {
     let log = AuditLog::open(config, store(&dir.path().join("store")))
         .await
         .unwrap();
-    log.log(record("churn", 1, 9), Durability::Write)
+    log.log(&record("churn", 1, 9), Durability::Write)
         .await
         .unwrap();
     // Acknowledged: the bytes are in the open segment (a killed process would keep them).
@@ -153,7 +159,7 @@ async fn a_written_record_is_in_the_spool_before_any_upload() {
             .contains("\"req-1\"")
     );
     // Async: accepted at once, written by the next batch.
-    log.log(record("churn", 2, 9), Durability::Async)
+    log.log(&record("churn", 2, 9), Durability::Async)
         .await
         .unwrap();
     assert!(log.close(Duration::from_secs(10)).await);
@@ -206,7 +212,7 @@ async fn a_store_that_is_down_fills_the_spool_which_drains_when_it_is_back() {
         .await
         .unwrap();
     for i in 0..20 {
-        log.log(record("churn", i, 8), Durability::Write)
+        log.log(&record("churn", i, 8), Durability::Write)
             .await
             .unwrap();
     }
@@ -246,7 +252,7 @@ async fn the_spool_cap_rejects_or_drops() {
         let log = AuditLog::open(config, store).await.unwrap();
         let mut refused = 0;
         for i in 0..50 {
-            match log.log(record("churn", i, 8), Durability::Write).await {
+            match log.log(&record("churn", i, 8), Durability::Write).await {
                 Ok(()) => {}
                 Err(Error::SpoolFull { cap, .. }) => {
                     assert_eq!(cap, 1_000);
@@ -381,7 +387,7 @@ async fn records_reach_s3_and_survive_its_outage() {
         .await
         .unwrap();
     for i in 0..10 {
-        log.log(record("churn", i, 7), Durability::Write)
+        log.log(&record("churn", i, 7), Durability::Write)
             .await
             .unwrap();
     }
@@ -400,7 +406,7 @@ async fn records_reach_s3_and_survive_its_outage() {
     // The server goes away: records wait in the spool.
     drop(moto);
     for i in 10..20 {
-        log.log(record("churn", i, 8), Durability::Write)
+        log.log(&record("churn", i, 8), Durability::Write)
             .await
             .unwrap();
     }

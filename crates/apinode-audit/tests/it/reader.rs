@@ -28,8 +28,8 @@ async fn write_logs(root: &Path, spool: &Path) {
         r.endpoint = Some("score".into());
         r.endpoint_kind = Some("prediction".into());
         r.generation = Some("v1".into());
-        r.timing.push(("total".into(), 100 + id as u64));
-        r.timing.push(("prediction".into(), id as u64));
+        let timing = [("total", 100 + id as u64), ("prediction", id as u64)];
+        r.timing = &timing;
         match id % 4 {
             0 => {
                 r.inputs = Some(
@@ -77,12 +77,12 @@ async fn write_logs(root: &Path, spool: &Path) {
                 r.error_message = Some("no such feature".into());
             }
         }
-        log.log(r, Durability::Write).await.unwrap();
+        log.log(&r, Durability::Write).await.unwrap();
     }
     let time = Utc.with_ymd_and_hms(2026, 12, 6, 1, 0, 0).unwrap();
     let mut auth = AuditRecord::new(Stream::Auth, time, "req-auth", "churn", 401);
     auth.error_message = Some("invalid API key".into());
-    log.log(auth, Durability::Write).await.unwrap();
+    log.log(&auth, Durability::Write).await.unwrap();
     assert!(log.close(Duration::from_secs(10)).await);
 }
 

@@ -7,7 +7,7 @@
 use super::{ApiError, AppState};
 use crate::config::{AuditSettings, ServicePolicy};
 use anyhow::Context;
-use apinode_audit::{AuditLog, AuditRecord, Durability, Payload, Stream};
+use apinode_audit::{AuditLog, AuditRecord, Durability, Logged, Payload, Stream};
 use apinode_runtime::Action;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
@@ -15,8 +15,10 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,7 +87,6 @@ impl NodeAudit {
     pub(super) fn begin(
         self: &Arc<Self>,
         service: &str,
-        endpoint: &str,
         client: Option<SocketAddr>,
     ) -> Option<QueryAudit> {
         let policy = self.policy(service);
@@ -94,45 +95,34 @@ impl NodeAudit {
         }
         Some(QueryAudit {
             node: self.clone(),
-            request_id: request_id(),
+            request_id: RequestId::random(),
             time: Utc::now(),
             client,
             policy,
-            service: service.to_owned(),
-            endpoint: endpoint.to_owned(),
             action: None,
             body: None,
             generation: None,
             key_id: None,
             kind: None,
-            outputs: Vec::new(),
-            timing: Vec::with_capacity(3),
+            scratch: Scratch::take(),
+            timing: [("", 0); TIMING_STEPS],
+            steps: 0,
             failure: None,
         })
     }
 
-    /// Logs `records` and waits until they are as durable as the node's mode says. A spool
-    /// that refuses them (full, with `reject`), or cannot write them, is a 503: the query is
-    /// not answered without its record.
-    async fn commit(&self, records: Vec<AuditRecord>) -> Result<(), ApiError> {
-        let mut records = records.into_iter();
-        let first = records.next().map(|r| self.log.log(r, self.durability));
-        // Only a multi call's other items allocate.
-        let others: Vec<_> = records.map(|r| self.log.log(r, self.durability)).collect();
-        let mut first_error = None;
-        for logged in first.into_iter().chain(others) {
-            if let Err(e) = logged.await {
-                first_error.get_or_insert(e);
-            }
-        }
-        match first_error {
-            None => Ok(()),
-            Some(e @ apinode_audit::Error::SpoolFull { .. }) => Err(ApiError::new(
+    /// Waits until a query's records are as durable as the node's mode says. A spool that
+    /// refused them (full, with `reject`), or cannot write them, is a 503: the query is not
+    /// answered without its record.
+    async fn commit(&self, logging: Logging) -> Result<(), ApiError> {
+        match logging.wait().await {
+            Ok(()) => Ok(()),
+            Err(e @ apinode_audit::Error::SpoolFull { .. }) => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
                 format!("the audit log cannot keep up: {e}"),
             )),
-            Some(e) => {
+            Err(e) => {
                 tracing::error!("a query's audit record could not be written: {e}");
                 Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -145,57 +135,122 @@ impl NodeAudit {
 
     /// Logs a record whose answer does not depend on it (auth failures, admin mutations):
     /// waits for durability, warns on failure.
-    async fn log_side(&self, record: AuditRecord) {
+    async fn log_side(&self, record: &AuditRecord<'_>) {
         if let Err(e) = self.log.log(record, self.durability).await {
             tracing::warn!("an audit record was not written: {e}");
         }
     }
 
-    fn record(
-        &self,
+    fn record<'a>(
+        &'a self,
         stream: Stream,
         time: DateTime<Utc>,
-        request_id: String,
-        service: impl Into<String>,
+        request_id: impl Into<Cow<'a, str>>,
+        service: impl Into<Cow<'a, str>>,
         status: u16,
         client: Option<SocketAddr>,
-    ) -> AuditRecord {
+    ) -> AuditRecord<'a> {
         let mut record = AuditRecord::new(stream, time, request_id, service, status);
-        record.deployment_id = self.deployment_id.clone();
+        record.deployment_id = self.deployment_id.as_deref().map(Cow::Borrowed);
         record.client_address = client;
         record
     }
 }
 
-/// A random 128-bit id, as 32 hex digits.
-fn request_id() -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(32);
-    for byte in rand::random::<[u8; 16]>() {
-        id.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        id.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+/// A logged query's request id: a random 128-bit number as 32 hex digits, kept inline.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestId([u8; 32]);
+
+impl RequestId {
+    fn random() -> RequestId {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut id = [0; 32];
+        for (i, byte) in rand::random::<[u8; 16]>().into_iter().enumerate() {
+            id[2 * i] = DIGITS[usize::from(byte >> 4)];
+            id[2 * i + 1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        RequestId(id)
     }
-    id
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Hex digits only.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
-/// What a logged user query collects on its way: filled by `user_api` as it answers.
+/// The most timing steps a query records: `total` and up to three of its endpoint's.
+const TIMING_STEPS: usize = 4;
+
+/// What a logged user query collects on its way: filled by `user_api` as it answers, written
+/// into the log's lines by [`QueryAudit::log`]. Nothing here is allocated per query once the
+/// thread is warm: the records borrow from it, its text lives in a reused [`Scratch`].
 pub(crate) struct QueryAudit {
     node: Arc<NodeAudit>,
-    pub(super) request_id: String,
+    request_id: RequestId,
     time: DateTime<Utc>,
     client: Option<SocketAddr>,
     policy: ServicePolicy,
-    service: String,
-    endpoint: String,
     action: Option<Action>,
     body: Option<Value>,
     generation: Option<Arc<str>>,
     key_id: Option<String>,
     kind: Option<&'static str>,
-    /// One per item of the answer (`None`: payloads are off), as JSON text.
-    outputs: Vec<Option<(Payload, bool)>>,
-    timing: Vec<(Cow<'static, str>, u64)>,
+    scratch: Scratch,
+    timing: [(&'static str, u64); TIMING_STEPS],
+    steps: usize,
     failure: Option<(u16, String, String)>,
+}
+
+/// The text a logged query's records point into: each item's output as the answer has it,
+/// then the inputs of the record being written. Reused from query to query on a thread, so a
+/// logged query allocates nothing once warm: the records' own small allocations and frees
+/// were what made the request path's allocations several times costlier (docs/benchmarks.md).
+#[derive(Debug, Default)]
+struct Scratch {
+    text: Vec<u8>,
+    /// Per item: where its output is in `text`, and whether it was cut; `None` when payloads
+    /// are off.
+    outputs: Vec<Option<(Range<usize>, bool)>>,
+}
+
+thread_local! {
+    static SPARE_SCRATCH: RefCell<Vec<Scratch>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Scratch buffers a thread keeps at most, and the largest it keeps (a big multi call's is
+/// let go, not held for the next small query).
+const SPARE_SCRATCH_MAX: usize = 64;
+const SCRATCH_KEPT_BYTES: usize = 256 << 10;
+
+impl Scratch {
+    fn take() -> Scratch {
+        SPARE_SCRATCH
+            .try_with(|spare| spare.try_borrow_mut().ok()?.pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+}
+
+/// Back to this thread's spares (not during the thread's exit, nor beyond the cap).
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.text.capacity() == 0 || self.text.capacity() > SCRATCH_KEPT_BYTES {
+            return;
+        }
+        let _ = SPARE_SCRATCH.try_with(|spare| {
+            if let Ok(mut spare) = spare.try_borrow_mut()
+                && spare.len() < SPARE_SCRATCH_MAX
+            {
+                self.text.clear();
+                self.outputs.clear();
+                spare.push(Scratch {
+                    text: std::mem::take(&mut self.text),
+                    outputs: std::mem::take(&mut self.outputs),
+                });
+            }
+        });
+    }
 }
 
 impl QueryAudit {
@@ -220,24 +275,38 @@ impl QueryAudit {
         self.kind = Some(kind);
     }
 
-    /// An item's output as the response has it (JSON bytes), or `None` without payloads.
+    /// An item's output as the response has it (JSON bytes): copied, not parsed again.
     pub(super) fn output(&mut self, bytes: &[u8]) {
-        let output = self
-            .policy
-            .payloads
-            .then(|| payload_of_bytes(bytes, self.policy.max_payload_bytes));
-        self.outputs.push(output);
+        self.push_output(|text, max| write_answer(text, bytes, max));
     }
 
     /// An item's output that is not in the response's bytes (an ignored lookup item).
-    pub(super) fn output_value(&mut self, value: Value) {
-        let max = self.policy.max_payload_bytes;
-        let output = self.policy.payloads.then(|| payload_of_value(&value, max));
-        self.outputs.push(output);
+    pub(super) fn output_value(&mut self, value: &Value) {
+        self.push_output(|text, max| write_capped(text, max, |text| write_json(text, value)));
+    }
+
+    /// Adds an item's output, written by `write` (which says whether it cut it), or `None`
+    /// when payloads are off.
+    fn push_output(&mut self, write: impl FnOnce(&mut Vec<u8>, usize) -> bool) {
+        let scratch = &mut self.scratch;
+        let output = self.policy.payloads.then(|| {
+            let start = scratch.text.len();
+            let cut = write(&mut scratch.text, self.policy.max_payload_bytes);
+            (start..scratch.text.len(), cut)
+        });
+        scratch.outputs.push(output);
     }
 
     pub(super) fn timing(&mut self, step: &'static str, micros: u64) {
-        self.timing.push((Cow::Borrowed(step), micros));
+        // One slot stays for `total`.
+        debug_assert!(
+            self.steps < TIMING_STEPS - 1,
+            "too many timing steps: {step}"
+        );
+        if self.steps < TIMING_STEPS - 1 {
+            self.timing[self.steps] = (step, micros);
+            self.steps += 1;
+        }
     }
 
     pub(super) fn fail(&mut self, error: &ApiError) {
@@ -248,26 +317,27 @@ impl QueryAudit {
         ));
     }
 
-    /// The query's records: one, or one per item of a multi call.
-    fn records(self, status: StatusCode, start: Instant) -> Vec<AuditRecord> {
+    /// Writes the query's records (one, or one per item of a multi call) into the log now;
+    /// the answer may leave once the returned [`Logging`] resolves.
+    fn log(self, status: StatusCode, start: Instant, (service, endpoint): (&str, &str)) -> Logging {
         let QueryAudit {
             node,
             request_id,
             time,
             client,
             policy,
-            service,
-            endpoint,
             action,
             body,
             generation,
             key_id,
             kind,
-            outputs,
+            mut scratch,
             mut timing,
+            mut steps,
             failure,
         } = self;
-        timing.push(("total".into(), start.elapsed().as_micros() as u64));
+        timing[steps] = ("total", start.elapsed().as_micros() as u64);
+        steps += 1;
         let failure = failure.or_else(|| {
             (status != StatusCode::OK).then(|| {
                 (
@@ -281,67 +351,115 @@ impl QueryAudit {
             Some((401, _, _)) => Stream::Auth,
             _ => Stream::Queries,
         };
-        // What every record of the query shares: cloned for all but the last record (a
-        // single query's only one), which takes it.
-        let mut base = node.record(stream, time, request_id, service, status.as_u16(), client);
-        base.endpoint = Some(endpoint);
+        let mut base = node.record(
+            stream,
+            time,
+            request_id.as_str(),
+            service,
+            status.as_u16(),
+            client,
+        );
+        base.endpoint = Some(endpoint.into());
         base.endpoint_kind = kind.map(Cow::Borrowed);
-        base.generation = generation;
-        base.api_key_id = key_id;
-        base.context = body.as_ref().and_then(|b| b.get("context")).cloned();
-        base.timing = timing;
+        base.generation = generation.as_deref().map(Cow::Borrowed);
+        base.api_key_id = key_id.as_deref().map(Cow::Borrowed);
+        base.context = body
+            .as_ref()
+            .and_then(|b| b.get("context"))
+            .map(Cow::Borrowed);
+        base.timing = &timing[..steps];
         let multi = matches!(action, Some(Action::PredictMulti | Action::LookupMulti));
-        if let Some((status, error_type, message)) = failure {
+        let mut logging = Logging::default();
+        let Scratch { text, outputs } = &mut scratch;
+        if let Some((status, error_type, message)) = &failure {
             let mut r = base;
-            r.status = status;
-            r.error_type = Some(error_type);
-            r.error_message = Some(message);
+            r.status = *status;
+            r.error_type = Some(error_type.into());
+            r.error_message = Some(message.into());
             if policy.payloads
                 && let (Some(action), Some(body)) = (action, &body)
             {
-                let (inputs, cut) = if multi {
-                    let all = (0..items_len(body))
-                        .map(|i| inputs_of(action, body, Some(i)).into_owned())
-                        .collect();
-                    payload_of_value(&Value::Array(all), policy.max_payload_bytes)
-                } else {
-                    payload_of_value(&inputs_of(action, body, None), policy.max_payload_bytes)
-                };
-                r.inputs = Some(inputs);
-                r.truncated = cut;
+                text.clear();
+                r.truncated = write_capped(text, policy.max_payload_bytes, |text| {
+                    if multi {
+                        text.push(b'[');
+                        for i in 0..items_len(body) {
+                            if i > 0 {
+                                text.push(b',');
+                            }
+                            write_inputs(text, action, body, Some(i));
+                        }
+                        text.push(b']');
+                    } else {
+                        write_inputs(text, action, body, None);
+                    }
+                });
+                r.inputs = Some(Payload::trusted(json_text(text)));
             }
-            return vec![r];
+            logging.push(node.log.log(&r, node.durability));
+            return logging;
         }
-        let count = outputs.len();
-        let mut records = Vec::with_capacity(count.max(1));
-        let mut base = Some(base);
-        for (i, output) in outputs.into_iter().enumerate() {
-            let mut r = match i + 1 == count {
-                true => base.take().expect("the last record takes the base"),
-                false => base.clone().expect("kept until the last record"),
-            };
+        let outputs_end = text.len();
+        for (i, output) in outputs.iter().enumerate() {
             let item = multi.then_some(i);
+            text.truncate(outputs_end);
+            let inputs_cut = match (output, action, &body) {
+                (Some(_), Some(action), Some(body)) => {
+                    Some(write_capped(text, policy.max_payload_bytes, |text| {
+                        write_inputs(text, action, body, item)
+                    }))
+                }
+                _ => None,
+            };
+            let mut r = base.clone();
             r.item = item;
             if multi
                 && let Some(context) = body
                     .as_ref()
                     .and_then(|b| b.get("items")?.get(i)?.get("context"))
             {
-                r.context = Some(context.clone());
+                r.context = Some(Cow::Borrowed(context));
             }
-            if let Some((output, cut)) = output {
-                r.outputs = Some(output);
+            if let Some((range, cut)) = output {
+                r.outputs = Some(Payload::trusted(json_text(&text[range.clone()])));
                 r.truncated |= cut;
-                if let (Some(action), Some(body)) = (action, &body) {
-                    let (inputs, cut) =
-                        payload_of_value(&inputs_of(action, body, item), policy.max_payload_bytes);
-                    r.inputs = Some(inputs);
-                    r.truncated |= cut;
-                }
             }
-            records.push(r);
+            if let Some(cut) = inputs_cut {
+                r.inputs = Some(Payload::trusted(json_text(&text[outputs_end..])));
+                r.truncated |= cut;
+            }
+            logging.push(node.log.log(&r, node.durability));
         }
-        records
+        logging
+    }
+}
+
+/// The records of a query on their way to the spool: one, or a multi call's items (only they
+/// allocate).
+#[derive(Default)]
+#[must_use = "the records are durable only once this resolves"]
+struct Logging {
+    first: Option<Logged>,
+    others: Vec<Logged>,
+}
+
+impl Logging {
+    fn push(&mut self, logged: Logged) {
+        match self.first {
+            None => self.first = Some(logged),
+            Some(_) => self.others.push(logged),
+        }
+    }
+
+    /// Resolves when every record is durable; the first error otherwise.
+    async fn wait(self) -> Result<(), apinode_audit::Error> {
+        let mut first_error = None;
+        for logged in self.first.into_iter().chain(self.others) {
+            if let Err(e) = logged.await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -351,67 +469,86 @@ fn items_len(body: &Value) -> usize {
         .map_or(0, Vec::len)
 }
 
-/// The inputs of a query (or of item `item` of a multi call): the features, the lookup keys,
-/// or a function's arguments (the body without `dispatch` and `context`). Borrowed from the
-/// body but for arguments.
-fn inputs_of(action: Action, body: &Value, item: Option<usize>) -> Cow<'_, Value> {
+/// Writes the inputs of a query (or of item `item` of a multi call): the features, the lookup
+/// keys, or a function's arguments (the body without `dispatch` and `context`).
+fn write_inputs(text: &mut Vec<u8>, action: Action, body: &Value, item: Option<usize>) {
     const NULL: &Value = &Value::Null;
     let source = match item {
         Some(i) => body.get("items").and_then(|items| items.get(i)),
         None => Some(body),
     };
     let Some(source) = source else {
-        return Cow::Borrowed(NULL);
+        return write_json(text, NULL);
     };
     match action {
         Action::Predict | Action::PredictMulti => {
-            Cow::Borrowed(source.get("features").unwrap_or(NULL))
+            write_json(text, source.get("features").unwrap_or(NULL))
         }
-        Action::Lookup | Action::LookupMulti => Cow::Borrowed(source.get("data").unwrap_or(NULL)),
+        Action::Lookup | Action::LookupMulti => {
+            write_json(text, source.get("data").unwrap_or(NULL))
+        }
         Action::Query | Action::Run => {
-            let mut args = source.as_object().cloned().unwrap_or_default();
-            args.remove("dispatch");
-            args.remove("context");
-            Cow::Owned(Value::Object(args))
+            text.push(b'{');
+            let arguments = source.as_object().into_iter().flatten();
+            let arguments = arguments.filter(|(name, _)| *name != "dispatch" && *name != "context");
+            for (i, (name, value)) in arguments.enumerate() {
+                if i > 0 {
+                    text.push(b',');
+                }
+                write_json(text, name);
+                text.push(b':');
+                write_json(text, value);
+            }
+            text.push(b'}');
         }
     }
 }
 
-/// A payload within `max` bytes of JSON text: its text (serialized once), or that text cut to
-/// `max` bytes as a JSON string, and `true`.
-fn payload_of_value(value: &Value, max: usize) -> (Payload, bool) {
-    match serde_json::to_string(value) {
-        Ok(text) if text.len() <= max => (Payload::trusted(text), false),
-        Ok(text) => (cut_payload(text.as_bytes(), max), true),
-        Err(_) => (cut_payload(b"", 0), false),
-    }
+fn write_json<T: serde::Serialize + ?Sized>(text: &mut Vec<u8>, value: &T) {
+    // Serializing a JSON value or a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(text, value);
 }
 
-/// An answer's bytes as the node wrote them (JSON) as the payload: copied, not parsed again.
-fn payload_of_bytes(bytes: &[u8], max: usize) -> (Payload, bool) {
-    if bytes.len() > max {
-        return (cut_payload(bytes, max), true);
+/// Appends what `write` writes, or, beyond `max` bytes, its first `max` bytes as a JSON string;
+/// returns whether it was cut.
+fn write_capped(text: &mut Vec<u8>, max: usize, write: impl FnOnce(&mut Vec<u8>)) -> bool {
+    let start = text.len();
+    write(text);
+    if text.len() - start <= max {
+        return false;
     }
-    match std::str::from_utf8(bytes) {
-        Ok(text) => (Payload::trusted(text.to_owned()), false),
-        Err(_) => (cut_payload(bytes, max), false),
-    }
+    let written = text.split_off(start);
+    write_cut(text, &written, max);
+    true
 }
 
-/// The first `max` bytes of `text`, as a JSON string.
-fn cut_payload(text: &[u8], max: usize) -> Payload {
-    let text = serde_json::to_string(&cut(text, max)).unwrap_or_else(|_| "null".to_owned());
-    Payload::trusted(text)
-}
-
-/// The first `max` bytes of UTF-8 text, cut at a character boundary.
-fn cut(text: &[u8], max: usize) -> String {
-    let text = String::from_utf8_lossy(text);
-    let mut end = max.min(text.len());
-    while !text.is_char_boundary(end) {
+/// The first `max` bytes of `bytes` (UTF-8, cut at a character boundary), as a JSON string.
+fn write_cut(text: &mut Vec<u8>, bytes: &[u8], max: usize) {
+    let whole = String::from_utf8_lossy(bytes);
+    let mut end = max.min(whole.len());
+    while !whole.is_char_boundary(end) {
         end -= 1;
     }
-    text[..end].to_owned()
+    write_json(text, &whole[..end]);
+}
+
+/// Appends an answer's bytes (JSON the node wrote) as they are, or cut to `max` bytes as a
+/// JSON string (then returns `true`); bytes that are not UTF-8 become a string.
+fn write_answer(text: &mut Vec<u8>, bytes: &[u8], max: usize) -> bool {
+    if bytes.len() > max {
+        write_cut(text, bytes, max);
+        return true;
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(_) => text.extend_from_slice(bytes),
+        Err(_) => write_cut(text, bytes, max),
+    }
+    false
+}
+
+/// Text this module wrote as JSON (always UTF-8).
+fn json_text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap_or("null")
 }
 
 /// Logs a user query's records (or, when sampling skipped it and it failed authentication,
@@ -430,16 +567,17 @@ pub(super) async fn finish_query(
     };
     let Some(audit) = audit else {
         if response.status() == StatusCode::UNAUTHORIZED {
-            let mut r = node.record(Stream::Auth, Utc::now(), request_id(), service, 401, client);
-            r.endpoint = Some(endpoint.to_owned());
+            let id = RequestId::random();
+            let mut r = node.record(Stream::Auth, Utc::now(), id.as_str(), service, 401, client);
+            r.endpoint = Some(endpoint.into());
             r.error_type = Some("com.dataiku.dip.apinode.Unauthorized".into());
-            node.log_side(r).await;
+            node.log_side(&r).await;
         }
         return response;
     };
-    let id = HeaderValue::from_str(&audit.request_id).ok();
-    let records = audit.records(response.status(), start);
-    let mut response = match node.commit(records).await {
+    let id = HeaderValue::from_str(audit.request_id.as_str()).ok();
+    let logging = audit.log(response.status(), start, (service, endpoint));
+    let mut response = match node.commit(logging).await {
         Ok(()) => response,
         Err(refused) => axum::response::IntoResponse::into_response(refused),
     };
@@ -495,9 +633,11 @@ pub(super) async fn admin_middleware(
         .strip_prefix("/admin/api/services/")
         .and_then(|rest| rest.split('/').next())
         .unwrap_or("");
-    let mut record = node.record(stream, time, request_id(), service, status.as_u16(), client);
-    record.api_key_id = key_id;
-    record.context = Some(json!({"method": method.as_str(), "path": path, "query": query}));
+    let id = RequestId::random();
+    let mut record = node.record(stream, time, id.as_str(), service, status.as_u16(), client);
+    record.api_key_id = key_id.as_deref().map(Cow::Borrowed);
+    let context = json!({"method": method.as_str(), "path": path, "query": query});
+    record.context = Some(Cow::Owned(context));
     if let Some(generation) = answer.get("generation").and_then(Value::as_str) {
         record.generation = Some(generation.into());
     }
@@ -505,13 +645,13 @@ pub(super) async fn admin_middleware(
         record.error_type = answer
             .get("errorType")
             .and_then(Value::as_str)
-            .map(str::to_owned);
+            .map(Cow::Borrowed);
         record.error_message = answer
             .get("message")
             .and_then(Value::as_str)
-            .map(str::to_owned);
+            .map(Cow::Borrowed);
     }
-    node.log_side(record).await;
+    node.log_side(&record).await;
     response
 }
 
@@ -519,53 +659,80 @@ pub(super) async fn admin_middleware(
 mod tests {
     use super::*;
 
-    /// A payload's JSON text and whether it was cut.
-    fn text((payload, cut): (Payload, bool)) -> (String, bool) {
-        (payload.get().to_owned(), cut)
+    /// What `write` appends, as text, and whether it cut it.
+    fn written(write: impl FnOnce(&mut Vec<u8>) -> bool) -> (String, bool) {
+        let mut text = b"before".to_vec();
+        let cut = write(&mut text);
+        let text = String::from_utf8(text).unwrap();
+        (text.strip_prefix("before").unwrap().to_owned(), cut)
     }
 
     #[test]
     fn payloads_are_cut_to_the_cap_and_marked() {
         // An answer's bytes are kept as they are.
         assert_eq!(
-            text(payload_of_bytes(br#"{"a": 1}"#, 100)),
+            written(|t| write_answer(t, br#"{"a": 1}"#, 100)),
             (r#"{"a": 1}"#.to_owned(), false)
         );
         assert_eq!(
-            text(payload_of_bytes(br#"{"a":"xxxxxxxx"}"#, 5)),
+            written(|t| write_answer(t, br#"{"a":"xxxxxxxx"}"#, 5)),
             (r#""{\"a\":""#.to_owned(), true)
         );
         // Bytes that are not UTF-8 are kept as a string.
         assert_eq!(
-            text(payload_of_bytes(b"caf\xe9", 100)),
+            written(|t| write_answer(t, b"caf\xe9", 100)),
             ("\"caf\u{fffd}\"".to_owned(), false)
         );
-        let (cut_text, cut) = text(payload_of_value(&json!({"city": "Saint-Étienne"}), 16));
+        let city = json!({"city": "Saint-Étienne"});
+        let (cut_text, cut) = written(|t| write_capped(t, 16, |t| write_json(t, &city)));
         assert!(cut);
         let cut_value: Value = serde_json::from_str(&cut_text).unwrap();
         assert!(cut_value.as_str().unwrap().len() <= 16);
         assert_eq!(
-            text(payload_of_value(&json!([1, 2]), 5)),
+            written(|t| write_capped(t, 5, |t| write_json(t, &json!([1, 2])))),
             ("[1,2]".to_owned(), false)
         );
     }
 
     #[test]
     fn inputs_are_the_features_keys_or_arguments() {
+        let inputs = |action, body: &Value, item| {
+            let mut text = Vec::new();
+            write_inputs(&mut text, action, body, item);
+            serde_json::from_slice::<Value>(&text).unwrap()
+        };
         let body = json!({"items": [{"data": {"id": 1}}, {"data": {"id": 2}, "context": {"x": 1}}],
             "context": {"y": 2}});
         assert_eq!(
-            *inputs_of(Action::LookupMulti, &body, Some(1)),
+            inputs(Action::LookupMulti, &body, Some(1)),
             json!({"id": 2})
         );
+        assert_eq!(inputs(Action::LookupMulti, &body, Some(5)), Value::Null);
         let body = json!({"features": {"a": 1}, "dispatch": {}});
-        assert_eq!(*inputs_of(Action::Predict, &body, None), json!({"a": 1}));
-        let body = json!({"x": 1, "dispatch": {}, "context": {}});
-        assert_eq!(*inputs_of(Action::Run, &body, None), json!({"x": 1}));
-        let id = request_id();
-        assert!(
-            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
-            "{id}"
+        assert_eq!(inputs(Action::Predict, &body, None), json!({"a": 1}));
+        let body = json!({"x": 1, "dispatch": {}, "context": {}, "y": [2]});
+        assert_eq!(inputs(Action::Run, &body, None), json!({"x": 1, "y": [2]}));
+        assert_eq!(
+            inputs(Action::Query, &json!({"dispatch": {}}), None),
+            json!({})
         );
+        let id = RequestId::random();
+        assert!(
+            id.as_str().len() == 32 && id.as_str().bytes().all(|b| b.is_ascii_hexdigit()),
+            "{}",
+            id.as_str()
+        );
+        assert_ne!(id.as_str(), RequestId::random().as_str());
+    }
+
+    #[test]
+    fn scratch_buffers_are_reused_on_a_thread() {
+        let mut scratch = Scratch::take();
+        scratch.text.extend_from_slice(b"an answer");
+        let buffer = scratch.text.as_ptr();
+        drop(scratch);
+        let again = Scratch::take();
+        assert!(again.text.is_empty());
+        assert_eq!(again.text.as_ptr(), buffer);
     }
 }

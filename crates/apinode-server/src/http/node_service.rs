@@ -64,7 +64,7 @@ impl NodeService {
                 .state
                 .audit
                 .as_ref()
-                .and_then(|a| a.begin(route.0, route.1, Some(peer)));
+                .and_then(|a| a.begin(route.0, Some(peer)));
             let response = self
                 .user_query(&parts, route, body, start, audit.as_mut())
                 .await

@@ -31,10 +31,7 @@ pub(super) async fn call(
 ) -> Response {
     let start = Instant::now();
     let client = client.map(|c| c.0.0);
-    let mut audit = state
-        .audit
-        .as_ref()
-        .and_then(|a| a.begin(&service, &endpoint, client));
+    let mut audit = state.audit.as_ref().and_then(|a| a.begin(&service, client));
     let answered = match credentials {
         Ok(credentials) => answer(
             &state,
@@ -155,9 +152,9 @@ fn record_outputs(audit: Option<&mut QueryAudit>, body: &Body<'_>) {
                 match item {
                     LookupItem::Data(_) => audit.output(lookup.data(item).unwrap_or(b"null")),
                     LookupItem::Ignored { reason } if audit.wants_payloads() => {
-                        audit.output_value(json!({"ignored": true, "ignoreReason": reason}))
+                        audit.output_value(&json!({"ignored": true, "ignoreReason": reason}))
                     }
-                    LookupItem::Ignored { .. } => audit.output_value(Value::Null),
+                    LookupItem::Ignored { .. } => audit.output_value(&Value::Null),
                 }
             }
         }
