@@ -137,6 +137,7 @@ pub struct AuditLog {
     jobs: Mutex<Option<SyncSender<Job>>>,
     /// `write` and `async` records not yet in their segment files.
     pending: Arc<Mutex<Pending>>,
+    sealing: Arc<Sealing>,
     segments: Arc<Mutex<Segments>>,
     counters: Arc<Counters>,
     config: AuditConfig,
@@ -245,10 +246,13 @@ impl Drop for PendingBatch {
 /// Buffers kept for the next batches at most (a batch rarely has more than one partition).
 const SPARE_BUFFERS: usize = 4;
 
-/// Writes the pending batch, if any, into its segments (one `write` per segment), seals the
-/// segments that grew full, and tells the waiters. The segments' lock is taken before the
-/// batch, so batches reach the files in the order they were cut.
-fn flush_pending(pending: &Mutex<Pending>, segments: &Mutex<Segments>) {
+/// Seals still running on the blocking pool, waited for by [`AuditLog::flush`].
+type Sealing = Mutex<Vec<tokio::task::JoinHandle<()>>>;
+
+/// Writes the pending batch, if any, into its segments (one `write` per segment), tells the
+/// waiters, and seals the segments that grew full (see [`seal_away`]). The segments' lock is
+/// taken before the batch, so batches reach the files in the order they were cut.
+fn flush_pending(pending: &Mutex<Pending>, segments: &Mutex<Segments>, sealing: &Sealing) {
     let mut owner = lock(segments);
     let Some(mut batch) = pending
         .lock()
@@ -282,9 +286,30 @@ fn flush_pending(pending: &Mutex<Pending>, segments: &Mutex<Segments>) {
             }
         }
     }
-    for segment in to_seal {
-        seal(segment, &uploader);
+    seal_away(to_seal, uploader, sealing);
+}
+
+/// Seals full segments off the caller's thread when it is a runtime's: sealing fsyncs the
+/// segment (8 MiB by default: tens of milliseconds), which on a runtime worker stalls every
+/// query it serves. Without a runtime, here.
+fn seal_away(segments: Vec<Segment>, uploader: Uploader, sealing: &Sealing) {
+    if segments.is_empty() {
+        return;
     }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        for segment in segments {
+            seal(segment, &uploader);
+        }
+        return;
+    };
+    let handle = runtime.spawn_blocking(move || {
+        for segment in segments {
+            seal(segment, &uploader);
+        }
+    });
+    let mut sealing = sealing.lock().unwrap_or_else(|p| p.into_inner());
+    sealing.retain(|h| !h.is_finished());
+    sealing.push(handle);
 }
 
 impl AuditLog {
@@ -316,6 +341,7 @@ impl AuditLog {
         Ok(AuditLog {
             jobs: Mutex::new(Some(tx)),
             pending: Arc::new(Mutex::new(Pending::default())),
+            sealing: Arc::default(),
             segments,
             counters,
             config,
@@ -403,16 +429,17 @@ impl AuditLog {
         };
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
         if first {
-            let (pending, segments) = (self.pending.clone(), self.segments.clone());
+            let pending = self.pending.clone();
+            let (segments, sealing) = (self.segments.clone(), self.sealing.clone());
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
                     runtime.spawn(async move {
                         // The other queries of this scheduler pass add their records first.
                         tokio::task::yield_now().await;
-                        flush_pending(&pending, &segments);
+                        flush_pending(&pending, &segments, &sealing);
                     });
                 }
-                Err(_) => flush_pending(&pending, &segments),
+                Err(_) => flush_pending(&pending, &segments, &sealing),
             }
         }
         match waiter {
@@ -455,7 +482,11 @@ impl AuditLog {
     /// Seals every open segment now and waits until the spool is empty (every segment
     /// uploaded), or `timeout`. Returns whether it emptied.
     pub async fn flush(&self, timeout: Duration) -> bool {
-        flush_pending(&self.pending, &self.segments);
+        flush_pending(&self.pending, &self.segments, &self.sealing);
+        let running = std::mem::take(&mut *self.sealing.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in running {
+            let _ = handle.await;
+        }
         let (tx, rx) = oneshot::channel();
         let sent = match &*self.jobs.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(jobs) => jobs.send(Job::SealAll(tx)).is_ok(),
