@@ -10,7 +10,7 @@ use anyhow::Context;
 use apinode_audit::{AuditLog, AuditRecord, Durability, Logged, Payload, Stream};
 use apinode_runtime::Action;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The response header carrying a logged query's request id (the record's `request_id`).
-pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
+pub(crate) static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The TCP peer of a request, put in its extensions by the connection loop.
 #[derive(Debug, Clone, Copy)]
@@ -444,6 +444,13 @@ struct Logging {
 }
 
 impl Logging {
+    fn one(logged: Logged) -> Logging {
+        Logging {
+            first: Some(logged),
+            others: Vec::new(),
+        }
+    }
+
     fn push(&mut self, logged: Logged) {
         match self.first {
             None => self.first = Some(logged),
@@ -551,40 +558,91 @@ fn json_text(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap_or("null")
 }
 
-/// Logs a user query's records (or, when sampling skipped it and it failed authentication,
-/// an auth record) and returns the answer to send: `response`, or a 503 when the spool
-/// refused the records.
+/// Logs a user query's records and returns the answer to send: `response`, or a 503 when the
+/// spool refused the records. [`log_query`] then [`LoggedQuery::answer`], for callers that hold
+/// nothing of the request.
 pub(super) async fn finish_query(
     state: &AppState,
     audit: Option<QueryAudit>,
     response: Response,
     start: Instant,
-    (service, endpoint): (&str, &str),
+    route: (&str, &str),
     client: Option<SocketAddr>,
 ) -> Response {
-    let Some(node) = &state.audit else {
-        return response;
-    };
-    let Some(audit) = audit else {
-        if response.status() == StatusCode::UNAUTHORIZED {
-            let id = RequestId::random();
-            let mut r = node.record(Stream::Auth, Utc::now(), id.as_str(), service, 401, client);
-            r.endpoint = Some(endpoint.into());
-            r.error_type = Some("com.dataiku.dip.apinode.Unauthorized".into());
-            node.log_side(&r).await;
-        }
-        return response;
-    };
-    let id = HeaderValue::from_str(audit.request_id.as_str()).ok();
-    let logging = audit.log(response.status(), start, (service, endpoint));
-    let mut response = match node.commit(logging).await {
-        Ok(()) => response,
-        Err(refused) => axum::response::IntoResponse::into_response(refused),
-    };
-    if let Some(id) = id {
-        response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    match log_query(state, audit, response.status(), start, route, client) {
+        Some(logged) => logged.answer(response).await,
+        None => response,
     }
-    response
+}
+
+/// Writes a user query's records into the log now (or, when sampling skipped it and it failed
+/// authentication, an auth record); `None` when nothing was logged. The request may be
+/// dropped before the returned [`LoggedQuery`] is awaited, and should be: its head holds
+/// hyper's read buffer, which would otherwise be allocated anew for the connection's next
+/// read while the answer waits for its record.
+pub(super) fn log_query(
+    state: &AppState,
+    audit: Option<QueryAudit>,
+    status: StatusCode,
+    start: Instant,
+    (service, endpoint): (&str, &str),
+    client: Option<SocketAddr>,
+) -> Option<LoggedQuery> {
+    let node = state.audit.as_ref()?;
+    let Some(audit) = audit else {
+        if status != StatusCode::UNAUTHORIZED {
+            return None;
+        }
+        let id = RequestId::random();
+        let mut r = node.record(Stream::Auth, Utc::now(), id.as_str(), service, 401, client);
+        r.endpoint = Some(endpoint.into());
+        r.error_type = Some("com.dataiku.dip.apinode.Unauthorized".into());
+        return Some(LoggedQuery {
+            node: node.clone(),
+            logging: Logging::one(node.log.log(&r, node.durability)),
+            request_id: None,
+        });
+    };
+    let request_id = HeaderValue::from_str(audit.request_id.as_str()).ok();
+    Some(LoggedQuery {
+        node: node.clone(),
+        logging: audit.log(status, start, (service, endpoint)),
+        request_id,
+    })
+}
+
+/// A query's records, written, on their way to the node's durability.
+#[must_use = "the answer may leave only once its records are durable"]
+pub(super) struct LoggedQuery {
+    node: Arc<NodeAudit>,
+    logging: Logging,
+    /// The logged query's id, for its answer; `None` for the auth record of a query sampling
+    /// skipped (its failure is only warned about: the answer is a 401 either way).
+    request_id: Option<HeaderValue>,
+}
+
+impl LoggedQuery {
+    /// `response` once the records are as durable as the node's mode says, with the request
+    /// id header; a 503 when the spool refused them.
+    pub(super) async fn answer(self, response: Response) -> Response {
+        let LoggedQuery {
+            node,
+            logging,
+            request_id,
+        } = self;
+        let Some(id) = request_id else {
+            if let Err(e) = logging.wait().await {
+                tracing::warn!("an audit record was not written: {e}");
+            }
+            return response;
+        };
+        let mut response = match node.commit(logging).await {
+            Ok(()) => response,
+            Err(refused) => axum::response::IntoResponse::into_response(refused),
+        };
+        response.headers_mut().insert(REQUEST_ID_HEADER.clone(), id);
+        response
+    }
 }
 
 /// The router's middleware for the auth and admin streams: every 401 of the admin API goes

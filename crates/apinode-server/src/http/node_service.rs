@@ -8,7 +8,7 @@
 //! (no `//`, no trailing slash, no percent-escapes) goes straight to
 //! [`user_api::answer`], the same function the axum route calls, so both answer alike.
 
-use super::audit::{ClientAddr, QueryAudit, finish_query};
+use super::audit::{ClientAddr, QueryAudit, log_query};
 use super::auth::PresentedCredentials;
 use super::user_api;
 use super::{ApiError, AppState, add_version_headers, normalize_path, panic_response};
@@ -74,15 +74,21 @@ impl NodeService {
                     }
                     axum::response::IntoResponse::into_response(e)
                 });
-            let mut response = finish_query(
+            let status = response.status();
+            let logged = log_query(
                 &self.state,
                 audit,
-                response,
+                status,
                 start,
                 (route.0, route.1),
                 Some(peer),
-            )
-            .await;
+            );
+            // The request's head holds hyper's read buffer: let it go before waiting.
+            drop(parts);
+            let mut response = match logged {
+                Some(logged) => logged.answer(response).await,
+                None => response,
+            };
             add_version_headers(&mut response);
             return response;
         }
