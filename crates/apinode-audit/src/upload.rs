@@ -87,7 +87,10 @@ impl Uploader {
 async fn run(dir: PathBuf, store: LogStore, shared: Arc<Shared>) {
     let mut pause = FIRST_PAUSE;
     while !shared.stop.load(Ordering::Relaxed) {
-        let sealed = sealed_segments(&dir);
+        let listing = dir.clone();
+        let sealed = tokio::task::spawn_blocking(move || sealed_segments(&listing))
+            .await
+            .unwrap_or_default();
         let mut failed = false;
         for path in &sealed {
             if shared.stop.load(Ordering::Relaxed) {
@@ -156,14 +159,23 @@ async fn upload(store: &LogStore, path: &Path, shared: &Shared) -> Result<(), St
         .copied();
     let (size, records) = match (store.directory(), known) {
         (Some(directory), Some(records)) => {
-            let size = std::fs::metadata(path)
-                .map_err(|e| format!("cannot read it: {e}"))?
-                .len();
             let target = directory.join(&folder).join(format!("{segment}.jsonl"));
-            match move_into(path, &target) {
-                Ok(true) => (size, records),
-                Ok(false) => put(store, path, &folder, &segment).await?,
-                Err(e) => return Err(format!("cannot move it to {}: {e}", target.display())),
+            // Off the runtime: a rename waits for the file system's journal, which a segment's
+            // seal (an fsync) may hold for milliseconds.
+            let (from, to) = (path.to_owned(), target.clone());
+            let moved = tokio::task::spawn_blocking(move || {
+                let size = std::fs::metadata(&from)
+                    .map_err(|e| format!("cannot read it: {e}"))?
+                    .len();
+                move_into(&from, &to)
+                    .map(|moved| moved.then_some(size))
+                    .map_err(|e| format!("cannot move it to {}: {e}", to.display()))
+            })
+            .await
+            .map_err(|e| format!("the move failed: {e}"))??;
+            match moved {
+                Some(size) => (size, records),
+                None => put(store, path, &folder, &segment).await?,
             }
         }
         _ => put(store, path, &folder, &segment).await?,
