@@ -218,9 +218,11 @@ thread_local! {
 }
 
 /// Scratch buffers a thread keeps at most, and the largest it keeps (a big multi call's is
-/// let go, not held for the next small query).
-const SPARE_SCRATCH_MAX: usize = 64;
-const SCRATCH_KEPT_BYTES: usize = 256 << 10;
+/// let go, not held for the next small query): at most about 1 MiB a thread. A thread rarely
+/// has more than a few logged queries between their start and their records.
+const SPARE_SCRATCH_MAX: usize = 16;
+const SCRATCH_KEPT_BYTES: usize = 64 << 10;
+const SCRATCH_KEPT_ITEMS: usize = 1024;
 
 impl Scratch {
     fn take() -> Scratch {
@@ -235,7 +237,11 @@ impl Scratch {
 /// Back to this thread's spares (not during the thread's exit, nor beyond the cap).
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if self.text.capacity() == 0 || self.text.capacity() > SCRATCH_KEPT_BYTES {
+        let capacity = self.text.capacity();
+        if capacity == 0
+            || capacity > SCRATCH_KEPT_BYTES
+            || self.outputs.capacity() > SCRATCH_KEPT_ITEMS
+        {
             return;
         }
         let _ = SPARE_SCRATCH.try_with(|spare| {
