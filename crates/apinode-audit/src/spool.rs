@@ -5,10 +5,10 @@
 //! other thread involved: the caller serializes its record and appends it to the pending
 //! batch; the first record of a batch spawns the flush, which yields once (so the records of
 //! every query answered in the same scheduler pass join the batch), then writes the batch
-//! with one `write` per segment and wakes the batch's `write` waiters. `fsync` records are
-//! serialized by the caller too and queued to a writer thread, which group-commits them (one `write` per segment per batch,
-//! one `fsync` per batch) away from the runtime's workers; it also seals segments that grew
-//! old.
+//! with one `write` per segment and wakes the batch's `write` waiters; segments it fills are
+//! sealed on the runtime's blocking pool. `fsync` records are serialized by the caller too and
+//! queued to a writer thread, which group-commits them (one `write` per segment per batch, one
+//! `fsync` per batch) away from the runtime's workers; it also seals segments that grew old.
 //!
 //! Files in the spool directory: `<partition>~<segment>.open` (being written) and
 //! `<partition>~<segment>.jsonl` (sealed, waiting for upload). Only the segments' owner
