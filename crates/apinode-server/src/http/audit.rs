@@ -606,14 +606,14 @@ pub(super) fn log_query(
         return Some(LoggedQuery {
             node: node.clone(),
             logging: Logging::one(node.log.log(&r, node.durability)),
-            request_id: None,
+            query: None,
         });
     };
-    let request_id = HeaderValue::from_str(audit.request_id.as_str()).ok();
+    let request_id = audit.request_id;
     Some(LoggedQuery {
         node: node.clone(),
         logging: audit.log(status, start, (service, endpoint)),
-        request_id,
+        query: Some(request_id),
     })
 }
 
@@ -622,9 +622,9 @@ pub(super) fn log_query(
 pub(super) struct LoggedQuery {
     node: Arc<NodeAudit>,
     logging: Logging,
-    /// The logged query's id, for its answer; `None` for the auth record of a query sampling
-    /// skipped (its failure is only warned about: the answer is a 401 either way).
-    request_id: Option<HeaderValue>,
+    /// The logged query's request id, for its answer; `None` for the auth record of a query
+    /// sampling skipped (its failure is only warned about: the answer is a 401 either way).
+    query: Option<RequestId>,
 }
 
 impl LoggedQuery {
@@ -634,9 +634,9 @@ impl LoggedQuery {
         let LoggedQuery {
             node,
             logging,
-            request_id,
+            query,
         } = self;
-        let Some(id) = request_id else {
+        let Some(request_id) = query else {
             if let Err(e) = logging.wait().await {
                 tracing::warn!("an audit record was not written: {e}");
             }
@@ -646,7 +646,10 @@ impl LoggedQuery {
             Ok(()) => response,
             Err(refused) => axum::response::IntoResponse::into_response(refused),
         };
-        response.headers_mut().insert(REQUEST_ID_HEADER.clone(), id);
+        // 32 hex digits: always a valid header value.
+        if let Ok(id) = HeaderValue::from_str(request_id.as_str()) {
+            response.headers_mut().insert(REQUEST_ID_HEADER.clone(), id);
+        }
         response
     }
 }
