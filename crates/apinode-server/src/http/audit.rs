@@ -136,9 +136,7 @@ impl NodeAudit {
     /// Logs a record whose answer does not depend on it (auth failures, admin mutations):
     /// waits for durability, warns on failure.
     async fn log_side(&self, record: &AuditRecord<'_>) {
-        if let Err(e) = self.log.log(record, self.durability).await {
-            tracing::warn!("an audit record was not written: {e}");
-        }
+        settle_side(self.log.log(record, self.durability)).await;
     }
 
     fn record<'a>(
@@ -154,6 +152,13 @@ impl NodeAudit {
         record.deployment_id = self.deployment_id.as_deref().map(Cow::Borrowed);
         record.client_address = client;
         record
+    }
+}
+
+/// Waits for a record the answer does not depend on; warns when it was not written.
+async fn settle_side(logged: impl std::future::Future<Output = apinode_audit::Result<()>>) {
+    if let Err(e) = logged.await {
+        tracing::warn!("an audit record was not written: {e}");
     }
 }
 
@@ -637,9 +642,7 @@ impl LoggedQuery {
             query,
         } = self;
         let Some(request_id) = query else {
-            if let Err(e) = logging.wait().await {
-                tracing::warn!("an audit record was not written: {e}");
-            }
+            settle_side(logging.wait()).await;
             return response;
         };
         let mut response = match node.commit(logging).await {
