@@ -532,20 +532,23 @@ fn render(settings: &Settings, pinning: &Pinning, results: &Results) -> Report {
     }
 
     line(
-        "\n| round | audit log | max req/s | p50 | p99 | server CPU | CPU per request | open loop p50 | p99 | p99.9 | errors |"
+        "\n| round | audit log | max req/s | p50 | p99 | server CPU (system) | CPU per request | server core: other work, stolen | open loop p50 | p99 | p99.9 | errors |"
             .to_owned(),
     );
-    line("|---|---|---|---|---|---|---|---|---|---|---|".to_owned());
+    line("|---|---|---|---|---|---|---|---|---|---|---|---|".to_owned());
     for slot in &results.slots {
         line(format!(
-            "| {} | {} | {:.0} | {} µs | {} µs | {:.2} | {:.1} µs | {} µs | {} µs | {} µs | {} |",
+            "| {} | {} | {:.0} | {} µs | {} µs | {:.2} ({:.2}) | {:.1} µs | {:.3}, {:.3} | {} µs | {} µs | {} µs | {} |",
             slot.round + 1,
             slot.mode.name(),
             slot.max.rate(),
             slot.max.quantile_us(0.5),
             slot.max.quantile_us(0.99),
             slot.max.server_cpu,
+            slot.max.server_system,
             cpu_per_request_us(&slot.max),
+            slot.max.server_core_others,
+            slot.max.server_core_stolen,
             slot.half.quantile_us(0.5),
             slot.half.quantile_us(0.99),
             slot.half.quantile_us(0.999),

@@ -428,15 +428,40 @@ pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
 
 /// User + system CPU time of a process (`self` or a pid), in seconds.
 pub fn cpu_seconds(pid: &str) -> f64 {
+    let (user, system) = user_system_seconds(pid);
+    user + system
+}
+
+/// User and system CPU time of a process (`self` or a pid), in seconds.
+pub fn user_system_seconds(pid: &str) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
     // Fields 14 and 15 of stat(5), counted from `state` (field 3) as index 0.
     match (ticks(11), ticks(12)) {
-        (Some(u), Some(s)) => (u + s) / clock_ticks(),
-        _ => 0.0,
+        (Some(u), Some(s)) => (u / clock_ticks(), s / clock_ticks()),
+        _ => (0.0, 0.0),
     }
+}
+
+/// A core's busy time (user, system, interrupts) and the time the host stole from it, in
+/// seconds since boot (`/proc/stat`).
+pub fn core_seconds(core: &str) -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let name = format!("cpu{core} ");
+    let Some(line) = stat.lines().find(|l| l.starts_with(&name)) else {
+        return (0.0, 0.0);
+    };
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    let field = |i: usize| ticks.get(i).copied().unwrap_or(0.0);
+    // user nice system idle iowait irq softirq steal
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6);
+    (busy / clock_ticks(), field(7) / clock_ticks())
 }
 
 pub fn clock_ticks() -> f64 {
@@ -735,10 +760,31 @@ pub struct Phase {
     pub lateness: Histogram<u64>,
     /// CPU used during the phase, in cores (1.0 = one core busy all the time).
     pub server_cpu: f64,
+    /// The part of `server_cpu` spent in the kernel.
+    pub server_system: f64,
     pub client_cpu: f64,
+    /// The servers' core during the phase, in cores: busy with anything but the server
+    /// (kernel threads, interrupts, other processes), and stolen by the host.
+    pub server_core_others: f64,
+    pub server_core_stolen: f64,
 }
 
 impl Phase {
+    pub fn empty() -> Phase {
+        Phase {
+            requests: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latency: histogram(),
+            lateness: histogram(),
+            server_cpu: 0.0,
+            server_system: 0.0,
+            client_cpu: 0.0,
+            server_core_others: 0.0,
+            server_core_stolen: 0.0,
+        }
+    }
+
     pub fn rate(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
@@ -750,13 +796,16 @@ impl Phase {
     /// One line for the bench's progress on stderr.
     pub fn summary(&self) -> String {
         format!(
-            "{:.0} req/s, p50 {} µs, p99 {} µs, {} errors, server {:.2} cores, load generator {:.2} cores, send lateness p99 {} µs",
+            "{:.0} req/s, p50 {} µs, p99 {} µs, {} errors, server {:.2} cores ({:.2} system), load generator {:.2} cores, server core also busy {:.3} and stolen {:.3}, send lateness p99 {} µs",
             self.rate(),
             self.quantile_us(0.5),
             self.quantile_us(0.99),
             self.errors,
             self.server_cpu,
+            self.server_system,
             self.client_cpu,
+            self.server_core_others,
+            self.server_core_stolen,
             self.lateness.value_at_quantile(0.99),
         )
     }
@@ -773,7 +822,10 @@ impl Phase {
             "max_us": self.latency.max(),
             "send_lateness_p99_us": self.lateness.value_at_quantile(0.99),
             "server_cpu_cores": self.server_cpu,
+            "server_system_cpu_cores": self.server_system,
             "load_generator_cpu_cores": self.client_cpu,
+            "server_core_others_cores": self.server_core_others,
+            "server_core_stolen_cores": self.server_core_stolen,
         })
     }
 }
@@ -796,8 +848,12 @@ pub async fn load(
         connections.push(Connection::open(addr).await.expect("connect"));
     }
     let server_pids: Vec<String> = server.pids().iter().map(u32::to_string).collect();
-    let server_cpu = || server_pids.iter().map(|p| cpu_seconds(p)).sum::<f64>();
+    let server_cpu = || {
+        let times = server_pids.iter().map(|p| user_system_seconds(p));
+        times.fold((0.0, 0.0), |(u, s), (pu, ps)| (u + pu, s + ps))
+    };
     let (server_cpu0, client_cpu0) = (server_cpu(), cpu_seconds("self"));
+    let core0 = core_seconds(SERVER_CORE);
     let start = Instant::now() + Duration::from_millis(5);
     let end = start + duration;
     let mut tasks = JoinSet::new();
@@ -849,15 +905,7 @@ pub async fn load(
             (sent, errors, latency, lateness)
         });
     }
-    let mut phase = Phase {
-        requests: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latency: histogram(),
-        lateness: histogram(),
-        server_cpu: 0.0,
-        client_cpu: 0.0,
-    };
+    let mut phase = Phase::empty();
     while let Some(done) = tasks.join_next().await {
         let (sent, errors, latency, lateness) = done.expect("a load task");
         phase.requests += sent;
@@ -867,8 +915,13 @@ pub async fn load(
     }
     phase.elapsed = start.elapsed();
     let seconds = phase.elapsed.as_secs_f64();
-    phase.server_cpu = (server_cpu() - server_cpu0) / seconds;
+    let (user, system) = server_cpu();
+    phase.server_cpu = (user + system - server_cpu0.0 - server_cpu0.1) / seconds;
+    phase.server_system = (system - server_cpu0.1) / seconds;
     phase.client_cpu = (cpu_seconds("self") - client_cpu0) / seconds;
+    let core = core_seconds(SERVER_CORE);
+    phase.server_core_others = ((core.0 - core0.0) / seconds - phase.server_cpu).max(0.0);
+    phase.server_core_stolen = (core.1 - core0.1) / seconds;
     phase
 }
 

@@ -589,15 +589,7 @@ impl BareLoop {
                 (done, errors, latency)
             });
         }
-        let mut phase = Phase {
-            requests: 0,
-            errors: 0,
-            elapsed: Duration::ZERO,
-            latency: histogram(),
-            lateness: histogram(),
-            server_cpu: 0.0,
-            client_cpu: 0.0,
-        };
+        let mut phase = Phase::empty();
         while let Some(joined) = tasks.join_next().await {
             let (done, errors, latency) = joined.expect("a bare loop task");
             phase.requests += done;

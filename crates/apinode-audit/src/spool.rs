@@ -3,10 +3,13 @@
 //!
 //! `write` and `async` records are group-committed on the caller's own runtime, with no
 //! other thread involved: the caller serializes its record and appends it to the pending
-//! batch; the first record of a batch spawns the flush, which yields once (so the records of
-//! every query answered in the same scheduler pass join the batch), then writes the batch
-//! with one `write` per segment and wakes the batch's `write` waiters; segments it fills are
-//! sealed on the runtime's blocking pool. `fsync` records are serialized by the caller too and
+//! batch; the batch's first `write` record spawns the flush, which yields once (so the
+//! records of every query answered in the same scheduler pass join the batch), then writes
+//! the batch with one `write` per segment and wakes the batch's `write` waiters. An `async`
+//! batch is flushed at the end of its window (`async_window`, 5 ms by default) or once it
+//! holds a MiB, whichever comes first, on the runtime's blocking pool: nobody waits for it,
+//! larger batches make fewer, cheaper writes, and a write the kernel holds up does not stall
+//! the runtime. Segments a flush fills are sealed on the blocking pool too. `fsync` records are serialized by the caller too and
 //! queued to a writer thread, which group-commits them (one `write` per segment per batch, one
 //! `fsync` per batch) away from the runtime's workers; it also seals segments that grew old.
 //!
@@ -38,7 +41,8 @@ pub(crate) const SEALED: &str = "jsonl";
 /// How durable a record is when [`AuditLog::log`]'s [`Logged`] resolves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// At once: a crash loses the records of the last batch window (a few milliseconds).
+    /// At once: a crash loses the records of the last batch window
+    /// ([`AuditConfig::async_window`], 5 ms by default).
     Async,
     /// Once written to the spool file, with the other records of the same instant: a killed
     /// process loses nothing (the kernel has the bytes).
@@ -73,6 +77,9 @@ pub struct AuditConfig {
     pub on_full: FullPolicy,
     /// Records waiting for the writer; beyond it, `log` treats the spool as full.
     pub queue_capacity: usize,
+    /// How long `async` records wait for their batch's `write` at most: the window a crash
+    /// of the node may lose. Longer windows make larger batches (fewer, cheaper writes).
+    pub async_window: Duration,
 }
 
 impl AuditConfig {
@@ -85,6 +92,7 @@ impl AuditConfig {
             spool_cap_bytes: 1 << 30,
             on_full: FullPolicy::Reject,
             queue_capacity: 65_536,
+            async_window: Duration::from_millis(5),
         }
     }
 }
@@ -233,7 +241,22 @@ struct Pending {
 struct PendingBatch {
     /// Each partition's lines, and how many.
     lines: Vec<(Partition, Vec<u8>, u64)>,
+    /// The bytes of its lines.
+    bytes: usize,
+    /// Whether a flush that does not wait for the `async` window is scheduled.
+    soon: bool,
     done: Arc<Flushed>,
+}
+
+/// An `async` batch this large is flushed without waiting for the end of its window.
+const ASYNC_BATCH_BYTES: usize = 1 << 20;
+
+/// When and where a pending batch is written.
+enum Flush {
+    /// On the caller's runtime, once the other queries of this scheduler pass joined it.
+    AfterThisPass,
+    /// On the runtime's blocking pool, after the `async` window (or at once).
+    Blocking(Option<Duration>),
 }
 
 impl Drop for PendingBatch {
@@ -389,9 +412,10 @@ impl AuditLog {
         }
     }
 
-    /// Serializes a `write` or `async` record straight into the pending batch; the batch's
-    /// first record schedules its flush on this thread's runtime (without one, it is flushed
-    /// at once). A `write` record's answer waits for the flush.
+    /// Serializes a `write` or `async` record straight into the pending batch, and schedules
+    /// the batch's flush on this thread's runtime (without one, it is flushed at once): after
+    /// this scheduler pass for a `write` record, whose answer waits for it; at the end of the
+    /// `async` window for a batch of `async` records only.
     fn batch(&self, record: &AuditRecord<'_>, durability: Durability) -> Logged {
         let ready = |result| Logged {
             state: LoggedState::Ready(Some(result)),
@@ -404,12 +428,14 @@ impl AuditLog {
         {
             return ready(Err(Error::Closed));
         }
-        let (waiter, first) = {
+        let (waiter, schedule) = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             let Pending { batch, spare } = &mut *pending;
             let first = batch.is_none();
             let batch = batch.get_or_insert_with(|| PendingBatch {
                 lines: Vec::with_capacity(1),
+                bytes: 0,
+                soon: false,
                 done: Arc::default(),
             });
             // A batch holds one or two partitions: a scan beats hashing the service name.
@@ -422,24 +448,53 @@ impl AuditLog {
                 }
             };
             let (_, bytes, records) = &mut batch.lines[at];
+            let before = bytes.len();
             record.write_line(bytes);
             *records += 1;
+            batch.bytes += bytes.len() - before;
             let waiter = (durability == Durability::Write).then(|| batch.done.clone());
-            (waiter, first)
+            // A `write` record's answer waits for the flush: it comes after this scheduler
+            // pass, on this runtime. Nobody waits for an `async` batch: it is written at the end
+            // of its window, or at once when large, on the blocking pool, so that a slow write
+            // (the page cache throttled, a page under writeback) never stalls the runtime.
+            let schedule = if batch.soon {
+                None
+            } else if durability == Durability::Write {
+                batch.soon = true;
+                Some(Flush::AfterThisPass)
+            } else if batch.bytes >= ASYNC_BATCH_BYTES {
+                batch.soon = true;
+                Some(Flush::Blocking(None))
+            } else if first {
+                Some(Flush::Blocking(Some(self.config.async_window)))
+            } else {
+                None
+            };
+            (waiter, schedule)
         };
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        if first {
+        if let Some(flush) = schedule {
             let pending = self.pending.clone();
             let (segments, sealing) = (self.segments.clone(), self.sealing.clone());
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
+            let flush_now = move || flush_pending(&pending, &segments, &sealing);
+            match (tokio::runtime::Handle::try_current(), flush) {
+                (Ok(runtime), Flush::AfterThisPass) => {
                     runtime.spawn(async move {
                         // The other queries of this scheduler pass add their records first.
                         tokio::task::yield_now().await;
-                        flush_pending(&pending, &segments, &sealing);
+                        flush_now();
                     });
                 }
-                Err(_) => flush_pending(&pending, &segments, &sealing),
+                (Ok(runtime), Flush::Blocking(None)) => {
+                    runtime.spawn_blocking(flush_now);
+                }
+                (Ok(runtime), Flush::Blocking(Some(window))) => {
+                    runtime.spawn(async move {
+                        tokio::time::sleep(window).await;
+                        let _ = tokio::task::spawn_blocking(flush_now).await;
+                    });
+                }
+                (Err(_), _) => flush_now(),
             }
         }
         match waiter {

@@ -78,6 +78,8 @@ pub(crate) struct AuditFile {
     pub(crate) spool_cap_bytes: Option<u64>,
     pub(crate) segment_max_bytes: Option<u64>,
     pub(crate) segment_max_age_ms: Option<u64>,
+    /// How long `async` records may wait for their batch's write (default 5).
+    pub(crate) async_window_ms: Option<u64>,
     /// Names this node's segments (default: the host name).
     pub(crate) node_id: Option<String>,
     pub(crate) deployment_id: Option<String>,
@@ -177,6 +179,13 @@ impl AuditFile {
                 "{shown}: [audit] segment_max_age_ms must be at least 1"
             );
             log.segment_max_age = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.async_window_ms {
+            anyhow::ensure!(
+                (1..=1000).contains(&ms),
+                "{shown}: [audit] async_window_ms must be between 1 and 1000, got {ms}"
+            );
+            log.async_window = Duration::from_millis(ms);
         }
         let mut services = BTreeMap::new();
         for (id, s) in self.services {
@@ -645,6 +654,7 @@ durability = "fsync"
 on_full = "drop"
 spool_cap_bytes = 1000
 segment_max_age_ms = 250
+async_window_ms = 2
 node_id = "node 1/a"
 deployment_id = "prod"
 [audit.options]
@@ -665,6 +675,7 @@ payloads = false
         assert_eq!(audit.log.on_full, FullPolicy::Drop);
         assert_eq!(audit.log.spool_cap_bytes, 1000);
         assert_eq!(audit.log.segment_max_age, Duration::from_millis(250));
+        assert_eq!(audit.log.async_window, Duration::from_millis(2));
         assert_eq!(audit.log.node_id, "node-1-a");
         assert_eq!(audit.deployment_id.as_deref(), Some("prod"));
         let shop = audit.services["shop"];

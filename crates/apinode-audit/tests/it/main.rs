@@ -189,6 +189,79 @@ async fn a_written_record_is_in_the_spool_before_any_upload() {
     assert_eq!(log.metrics().uploaded, 2);
 }
 
+/// The lines in the spool's open segments.
+fn open_lines(spool: &Path) -> usize {
+    walk(spool)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "open"))
+        .map(|p| std::fs::read_to_string(p).unwrap().lines().count())
+        .sum()
+}
+
+/// Lets the runtime run the log's flushes until the open segments hold `lines` lines.
+async fn until_open_lines(spool: &Path, lines: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open_lines(spool) < lines {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {lines} lines written",
+            open_lines(spool)
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn async_records_wait_for_their_window_but_never_hold_a_written_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let mut config = config(&spool);
+    config.segment_max_age = Duration::from_secs(3600);
+    config.async_window = Duration::from_secs(3600);
+    let log = AuditLog::open(config, store(&dir.path().join("store")))
+        .await
+        .unwrap();
+    for id in 0..3 {
+        log.log(&record("churn", id, 9), Durability::Async)
+            .await
+            .unwrap();
+    }
+    tokio::task::yield_now().await;
+    assert_eq!(open_lines(&spool), 0, "written before the window's end");
+    // A `write` record joining the batch is written after this pass, the async ones with it.
+    log.log(&record("churn", 3, 9), Durability::Write)
+        .await
+        .unwrap();
+    assert_eq!(open_lines(&spool), 4);
+    // An async batch of a MiB does not wait for its window.
+    let mut large = record("churn", 4, 9);
+    large.error_message = Some("x".repeat(64 << 10).into());
+    for _ in 0..17 {
+        log.log(&large, Durability::Async).await.unwrap();
+    }
+    until_open_lines(&spool, 21).await;
+    assert!(log.close(Duration::from_secs(10)).await);
+    assert_eq!(log.metrics().uploaded, 21);
+}
+
+#[tokio::test]
+async fn async_records_are_written_at_the_end_of_their_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let mut config = config(&spool);
+    config.segment_max_age = Duration::from_secs(3600);
+    config.async_window = Duration::from_millis(20);
+    let log = AuditLog::open(config, store(&dir.path().join("store")))
+        .await
+        .unwrap();
+    log.log(&record("churn", 1, 9), Durability::Async)
+        .await
+        .unwrap();
+    until_open_lines(&spool, 1).await;
+    assert_eq!(log.metrics().written, 1);
+    assert!(log.close(Duration::from_secs(10)).await);
+}
+
 #[tokio::test]
 async fn a_spool_left_by_a_stopped_run_is_recovered_and_uploaded() {
     let dir = tempfile::tempdir().unwrap();
