@@ -30,9 +30,9 @@
 //!
 //! Knobs: `APINODE_BENCH_ROWS`, `APINODE_BENCH_SECONDS` (each measured phase: 10 s, 1 s in
 //! smoke mode), `APINODE_BENCH_ROUNDS` (2), `APINODE_BENCH_PERF=1` or `dwarf` (`perf record`
-//! each node during its first max-load phase, into
-//! `target/bench-results/audit-<mode>_max.perf.data`; it slows the nodes, so take figures
-//! from a run without it).
+//! each node during its max-load phases, into
+//! `target/bench-results/audit-<mode>_max.perf.data`, `..._max-round2.perf.data` and so on;
+//! it slows the nodes, so take figures from a run without it).
 
 use apinode_bench_http::{
     ADMIN_KEY, CLIENT_CORE, CONNECTIONS, Phase, Pinning, Profiler, SERVER_CORE, SERVICE, Server,
@@ -320,10 +320,10 @@ fn run(settings: &Settings, pinning: &Pinning, rounds: usize) -> Results {
                 .iter_mut()
                 .find(|n| n.mode == mode)
                 .expect("a node per mode");
-            let max = measure(settings, &runtime, node, &requests, None, round == 0);
+            let max = measure(settings, &runtime, node, &requests, None, Some(round));
             // The first slot is logging off's: its maximum sets the open loop's rate.
             let rate = *half_rate.get_or_insert(max.rate() / 2.0);
-            let half = measure(settings, &runtime, node, &requests, Some(rate), false);
+            let half = measure(settings, &runtime, node, &requests, Some(rate), None);
             eprintln!(
                 "round {} {}: max {}; at {rate:.0} req/s: {}",
                 round + 1,
@@ -381,20 +381,28 @@ fn measure(
     node: &mut Node,
     requests: &Arc<Vec<Bytes>>,
     rate: Option<f64>,
-    profile: bool,
+    // The phase's round, to name its profile (with `APINODE_BENCH_PERF`): the first round's
+    // is `audit-<mode>_max`, a later round's `audit-<mode>_max-round<n>`; `None`: no profile.
+    profile: Option<usize>,
 ) -> Phase {
     let warm_up = runtime.block_on(load(&node.server, requests, rate, settings.warm_up));
     node.answered += warm_up.requests;
-    let profiler = settings
-        .perf
-        .filter(|_| profile && rate.is_none())
-        .map(|call_graph| {
-            Profiler::start(
-                &format!("audit-{}_max", node.mode.name()),
-                &node.server,
-                call_graph,
-            )
-        });
+    let profiler =
+        settings
+            .perf
+            .filter(|_| rate.is_none())
+            .zip(profile)
+            .map(|(call_graph, round)| {
+                let suffix = match round {
+                    0 => String::new(),
+                    later => format!("-round{}", later + 1),
+                };
+                Profiler::start(
+                    &format!("audit-{}_max{suffix}", node.mode.name()),
+                    &node.server,
+                    call_graph,
+                )
+            });
     let phase = runtime.block_on(load(&node.server, requests, rate, settings.phase));
     drop(profiler);
     node.answered += phase.requests;
