@@ -73,6 +73,19 @@ fn config(spool: &Path) -> AuditConfig {
     config
 }
 
+/// A log whose segments are sealed by size only (an hour is never reached), its spool under
+/// `dir`, `tune`d.
+async fn log_in(dir: &Path, tune: impl FnOnce(&mut AuditConfig)) -> (AuditLog, PathBuf) {
+    let spool = dir.join("spool");
+    let mut config = config(&spool);
+    config.segment_max_age = Duration::from_secs(3600);
+    tune(&mut config);
+    let log = AuditLog::open(config, store(&dir.join("store")))
+        .await
+        .unwrap();
+    (log, spool)
+}
+
 #[tokio::test]
 async fn records_reach_the_store_partitioned_by_service_and_hour() {
     records_reach_the_store(false).await;
@@ -161,12 +174,7 @@ async fn full_segments_are_sealed_away_and_flush_waits_for_them() {
 #[tokio::test]
 async fn a_written_record_is_in_the_spool_before_any_upload() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = dir.path().join("spool");
-    let mut config = config(&spool);
-    config.segment_max_age = Duration::from_secs(3600);
-    let log = AuditLog::open(config, store(&dir.path().join("store")))
-        .await
-        .unwrap();
+    let (log, spool) = log_in(dir.path(), |_| {}).await;
     log.log(&record("churn", 1, 9), Durability::Write)
         .await
         .unwrap();
@@ -214,13 +222,7 @@ async fn until_open_lines(spool: &Path, lines: usize) {
 #[tokio::test]
 async fn async_records_wait_for_their_window_but_never_hold_a_written_one() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = dir.path().join("spool");
-    let mut config = config(&spool);
-    config.segment_max_age = Duration::from_secs(3600);
-    config.async_window = Duration::from_secs(3600);
-    let log = AuditLog::open(config, store(&dir.path().join("store")))
-        .await
-        .unwrap();
+    let (log, spool) = log_in(dir.path(), |c| c.async_window = Duration::from_secs(3600)).await;
     for id in 0..3 {
         log.log(&record("churn", id, 9), Durability::Async)
             .await
@@ -247,13 +249,7 @@ async fn async_records_wait_for_their_window_but_never_hold_a_written_one() {
 #[tokio::test]
 async fn async_records_are_written_at_the_end_of_their_window() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = dir.path().join("spool");
-    let mut config = config(&spool);
-    config.segment_max_age = Duration::from_secs(3600);
-    config.async_window = Duration::from_millis(20);
-    let log = AuditLog::open(config, store(&dir.path().join("store")))
-        .await
-        .unwrap();
+    let (log, spool) = log_in(dir.path(), |c| c.async_window = Duration::from_millis(20)).await;
     log.log(&record("churn", 1, 9), Durability::Async)
         .await
         .unwrap();
