@@ -5,9 +5,10 @@
 //! [`AuditLog::open`] recovers what an earlier run left in the spool (a torn last line is cut,
 //! open segments are sealed) and starts a writer thread and an uploader task.
 //! [`AuditLog::log`] never blocks: a `write` or `async` record is serialized straight into the
-//! pending batch, which the caller's runtime writes to the open segments (one per stream,
-//! service and hour) with one `write` per segment once the queries of the same instant have
-//! joined it; an `fsync` record is serialized too and queued to the writer thread, which
+//! pending batch, which is written to the open segments (one per stream, service and hour)
+//! with one `write` per segment: by the caller's runtime once the queries of the same instant
+//! have joined it when a `write` record waits for it, else on the runtime's blocking pool at
+//! the end of the `async` window; an `fsync` record is serialized too and queued to the writer thread, which
 //! group-commits whatever is queued and fsyncs. A record is borrowed ([`AuditRecord`]'s text
 //! is `Cow`) and nothing of it is kept, so a caller can log from its own state without copying
 //! it. The returned [`Logged`] resolves when the record is as durable as

@@ -1,17 +1,18 @@
 //! The spool: one open segment file per partition, records appended to it, segments sealed
 //! by size or age and handed to the uploader.
 //!
-//! `write` and `async` records are group-committed on the caller's own runtime, with no
-//! other thread involved: the caller serializes its record and appends it to the pending
-//! batch; the batch's first `write` record spawns the flush, which yields once (so the
-//! records of every query answered in the same scheduler pass join the batch), then writes
-//! the batch with one `write` per segment and wakes the batch's `write` waiters. An `async`
-//! batch is flushed at the end of its window (`async_window`, 5 ms by default) or once it
-//! holds a MiB, whichever comes first, on the runtime's blocking pool: nobody waits for it,
+//! `write` and `async` records are group-committed without a thread of the log's own: the
+//! caller serializes its record and appends it to the pending batch. The batch's first
+//! `write` record spawns the flush on the caller's runtime, which yields once (so the records
+//! of every query answered in the same scheduler pass join the batch), then writes the batch
+//! with one `write` per segment and wakes the batch's `write` waiters. A batch of `async`
+//! records only is flushed at the end of its window (`async_window`, 5 ms by default) or once
+//! it holds a MiB, whichever comes first, on the runtime's blocking pool: nobody waits for it,
 //! larger batches make fewer, cheaper writes, and a write the kernel holds up does not stall
-//! the runtime. Segments a flush fills are sealed on the blocking pool too. `fsync` records are serialized by the caller too and
-//! queued to a writer thread, which group-commits them (one `write` per segment per batch, one
-//! `fsync` per batch) away from the runtime's workers; it also seals segments that grew old.
+//! the runtime. Segments a flush fills are sealed on the blocking pool too. `fsync` records
+//! are serialized by the caller too and queued to a writer thread, which group-commits them
+//! (one `write` per segment per batch, one `fsync` per batch) away from the runtime's
+//! workers; it also seals segments that grew old.
 //!
 //! Files in the spool directory: `<partition>~<segment>.open` (being written) and
 //! `<partition>~<segment>.jsonl` (sealed, waiting for upload). Only the segments' owner
