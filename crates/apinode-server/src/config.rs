@@ -695,6 +695,15 @@ payloads = false
             NodeConfig::resolve(Some(&path), None, None).unwrap_err()
         );
         assert!(err.contains("sometimes"), "{err}");
+        std::fs::write(&path, "[audit]\nasync_window_ms = 0\n").unwrap();
+        let err = format!(
+            "{:#}",
+            NodeConfig::resolve(Some(&path), None, None).unwrap_err()
+        );
+        assert!(
+            err.contains("async_window_ms must be between 1 and 1000, got 0"),
+            "{err}"
+        );
         std::fs::write(&path, "[audit.services.x]\nsample = 2.0\n").unwrap();
         assert!(NodeConfig::resolve(Some(&path), None, None).is_err());
     }
