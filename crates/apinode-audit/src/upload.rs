@@ -1,7 +1,8 @@
 //! The uploader: copies sealed segments to the store, oldest first, and deletes each only once
 //! its upload succeeded. A store that fails is retried with a growing pause (100 ms to 5 s);
 //! the spool keeps growing meanwhile and drains when the store is back. Into a local
-//! directory on the spool's file system, a segment is moved (renamed), not copied.
+//! directory on the spool's file system, a segment is moved (renamed), not copied, and then
+//! dropped from the page cache.
 
 use crate::record::Partition;
 use crate::spool::{Counters, SEALED};
@@ -198,9 +199,27 @@ fn move_into(path: &Path, target: &Path) -> std::io::Result<bool> {
         std::fs::create_dir_all(folder)?;
     }
     match std::fs::rename(path, target) {
-        Ok(()) => Ok(true),
+        Ok(()) => {
+            drop_from_page_cache(target);
+            Ok(true)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// Asks the kernel to drop the moved segment's pages from its cache. They are clean (the
+/// segment was fsynced when sealed), the store's files are read rarely, and left cached the
+/// log's tens of MB/s would grow the page cache without end: every spool write would then take
+/// a never-used page, which in a VM that hands free memory back to its host costs a host fault
+/// (about 1 µs per record measured; docs/benchmarks.md, "The second round"). Dropped, the
+/// pages are free again for the next segment. Only advice: a failure costs nothing but that.
+fn drop_from_page_cache(path: &Path) {
+    let dropped = std::fs::File::open(path).and_then(|file| {
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).map_err(Into::into)
+    });
+    if let Err(e) = dropped {
+        tracing::debug!("cannot drop {} from the page cache: {e}", path.display());
     }
 }
 
