@@ -158,8 +158,8 @@ async fn upload(store: &LogStore, path: &Path, shared: &Shared) -> Result<(), St
         .unwrap_or_else(|p| p.into_inner())
         .get(path)
         .copied();
-    let (size, records) = match (store.directory(), known) {
-        (Some(directory), Some(records)) => {
+    let (size, records) = match store.directory() {
+        Some(directory) => {
             let target = directory.join(&folder).join(format!("{segment}.jsonl"));
             // Off the runtime: a rename waits for the file system's journal, which a segment's
             // seal (an fsync) may hold for milliseconds.
@@ -168,18 +168,25 @@ async fn upload(store: &LogStore, path: &Path, shared: &Shared) -> Result<(), St
                 let size = std::fs::metadata(&from)
                     .map_err(|e| format!("cannot read it: {e}"))?
                     .len();
+                // A segment left by an earlier run: its records are its lines.
+                let records = match known {
+                    Some(records) => records,
+                    None => count_lines(
+                        &std::fs::read(&from).map_err(|e| format!("cannot read it: {e}"))?,
+                    ),
+                };
                 move_into(&from, &to)
-                    .map(|moved| moved.then_some(size))
+                    .map(|moved| moved.then_some((size, records)))
                     .map_err(|e| format!("cannot move it to {}: {e}", to.display()))
             })
             .await
             .map_err(|e| format!("the move failed: {e}"))??;
             match moved {
-                Some(size) => (size, records),
+                Some(moved) => moved,
                 None => put(store, path, &folder, &segment).await?,
             }
         }
-        _ => put(store, path, &folder, &segment).await?,
+        None => put(store, path, &folder, &segment).await?,
     };
     shared
         .records
@@ -223,6 +230,11 @@ fn drop_from_page_cache(path: &Path) {
     }
 }
 
+/// A segment's records: its lines (a recovered segment's torn last line was cut).
+fn count_lines(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
 /// Copies the segment at `path` to the store with a `put`, then deletes it; returns its bytes
 /// and records.
 async fn put(
@@ -236,10 +248,7 @@ async fn put(
     let bytes = tokio::fs::read(path)
         .await
         .map_err(|e| format!("cannot read it: {e}"))?;
-    let (size, records) = (
-        bytes.len() as u64,
-        bytes.iter().filter(|&&b| b == b'\n').count() as u64,
-    );
+    let (size, records) = (bytes.len() as u64, count_lines(&bytes));
     store
         .objects()
         .put(&location, bytes.into())

@@ -260,6 +260,18 @@ async fn async_records_are_written_at_the_end_of_their_window() {
 
 #[tokio::test]
 async fn a_spool_left_by_a_stopped_run_is_recovered_and_uploaded() {
+    a_spool_left_by_a_stopped_run_is_recovered(false).await;
+}
+
+/// The same into a local directory opened by its path: a leftover segment is moved there,
+/// not copied, and its records are counted all the same.
+#[tokio::test]
+async fn a_spool_left_by_a_stopped_run_is_moved_into_a_local_store() {
+    a_spool_left_by_a_stopped_run_is_recovered(true).await;
+}
+
+async fn a_spool_left_by_a_stopped_run_is_recovered(by_path: bool) {
+    use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
     std::fs::create_dir_all(&spool).unwrap();
@@ -275,8 +287,16 @@ async fn a_spool_left_by_a_stopped_run_is_recovered_and_uploaded() {
         "{\"request_id\":\"c\"}\n",
     )
     .unwrap();
+    let sealed_inode =
+        std::fs::metadata(spool.join("queries~churn~2026-12-05~06~node1-0000000000000000.jsonl"))
+            .unwrap()
+            .ino();
     let root = dir.path().join("store");
-    let log = AuditLog::open(config(&spool), store(&root)).await.unwrap();
+    let log_store: LogStore = match by_path {
+        true => open_store(root.to_str().unwrap(), &[]).unwrap(),
+        false => store(&root).into(),
+    };
+    let log = AuditLog::open(config(&spool), log_store).await.unwrap();
     assert!(log.close(Duration::from_secs(10)).await);
     let lines = stored(&root);
     let ids: Vec<&str> = lines
@@ -284,11 +304,14 @@ async fn a_spool_left_by_a_stopped_run_is_recovered_and_uploaded() {
         .map(|(_, v)| v["request_id"].as_str().unwrap())
         .collect();
     assert_eq!(lines.len(), 3, "{ids:?}");
-    assert!(
-        lines
-            .iter()
-            .any(|(p, _)| p.starts_with("service=churn/date=2026-12-05/hour=06/"))
+    let uploaded = root.join("service=churn/date=2026-12-05/hour=06/node1-0000000000000000.jsonl");
+    assert_eq!(
+        std::fs::metadata(&uploaded).unwrap().ino() == sealed_inode,
+        by_path,
+        "moved into a store opened by its path, copied into any other"
     );
+    let metrics = log.metrics();
+    assert_eq!((metrics.uploaded, metrics.spool_bytes), (3, 0));
 }
 
 #[tokio::test]
