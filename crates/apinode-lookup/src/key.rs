@@ -2,6 +2,7 @@
 //! gives a table row and a query value of the same key the same hash, and equality.
 
 use crate::error::{Error, Result};
+use crate::record::JsonRef;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Float64Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{
@@ -10,7 +11,6 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, TimeUnit};
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
-use serde_json::Value;
 use std::borrow::Cow;
 use std::hash::Hasher;
 
@@ -99,20 +99,21 @@ pub(crate) enum Converted<'a> {
 pub(crate) fn convert<'a>(
     input: &str,
     key_type: KeyType,
-    value: &'a Value,
+    value: impl Into<JsonRef<'a>>,
 ) -> Result<Converted<'a>> {
+    let value = value.into();
     let invalid = || Error::InvalidKey {
         input: input.to_owned(),
         expected: key_type.describe(),
         got: describe_json(value),
     };
     let converted = match (key_type, value) {
-        (KeyType::String, Value::String(s)) => KeyValue::Str(Cow::Borrowed(s)),
-        (KeyType::String, Value::Number(n)) => KeyValue::Str(Cow::Owned(n.to_string())),
-        (KeyType::String, Value::Bool(b)) => {
-            KeyValue::Str(Cow::Borrowed(if *b { "true" } else { "false" }))
+        (KeyType::String, JsonRef::Str(s)) => KeyValue::Str(Cow::Borrowed(s)),
+        (KeyType::String, JsonRef::Number(n)) => KeyValue::Str(Cow::Owned(n.to_string())),
+        (KeyType::String, JsonRef::Bool(b)) => {
+            KeyValue::Str(Cow::Borrowed(if b { "true" } else { "false" }))
         }
-        (KeyType::Int64, Value::Number(n)) => {
+        (KeyType::Int64, JsonRef::Number(n)) => {
             if let Some(i) = n.as_i64() {
                 KeyValue::Int(i)
             } else {
@@ -124,21 +125,21 @@ pub(crate) fn convert<'a>(
                 }
             }
         }
-        (KeyType::Int64, Value::String(s)) => {
+        (KeyType::Int64, JsonRef::Str(s)) => {
             KeyValue::Int(s.trim().parse().map_err(|_| invalid())?)
         }
-        (KeyType::Float64, Value::Number(n)) => KeyValue::Float(n.as_f64().ok_or_else(invalid)?),
-        (KeyType::Float64, Value::String(s)) => {
+        (KeyType::Float64, JsonRef::Number(n)) => KeyValue::Float(n.as_f64().ok_or_else(invalid)?),
+        (KeyType::Float64, JsonRef::Str(s)) => {
             KeyValue::Float(s.trim().parse().map_err(|_| invalid())?)
         }
-        (KeyType::Boolean, Value::Bool(b)) => KeyValue::Bool(*b),
-        (KeyType::Boolean, Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+        (KeyType::Boolean, JsonRef::Bool(b)) => KeyValue::Bool(b),
+        (KeyType::Boolean, JsonRef::Str(s)) => match s.trim().to_ascii_lowercase().as_str() {
             "true" => KeyValue::Bool(true),
             "false" => KeyValue::Bool(false),
             _ => return Err(invalid()),
         },
-        (KeyType::Date, Value::String(s)) => KeyValue::Int(parse_date(s).ok_or_else(invalid)?),
-        (KeyType::Timestamp, Value::String(s)) => {
+        (KeyType::Date, JsonRef::Str(s)) => KeyValue::Int(parse_date(s).ok_or_else(invalid)?),
+        (KeyType::Timestamp, JsonRef::Str(s)) => {
             KeyValue::Int(parse_timestamp(s).ok_or_else(invalid)?)
         }
         _ => return Err(invalid()),
@@ -151,7 +152,7 @@ pub(crate) fn convert<'a>(
     Ok(Converted::Value(converted))
 }
 
-fn describe_json(value: &Value) -> String {
+fn describe_json(value: JsonRef<'_>) -> String {
     let text = value.to_string();
     if text.len() > 80 {
         let cut = text.char_indices().nth(77).map_or(text.len(), |(i, _)| i);
@@ -369,7 +370,7 @@ fn float_bits(f: f64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn conv(t: KeyType, v: Value) -> Result<KeyValue<'static>> {
         let leaked: &'static Value = Box::leak(Box::new(v));

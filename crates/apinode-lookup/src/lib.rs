@@ -27,6 +27,7 @@ mod json;
 mod key;
 mod lookup;
 mod pg;
+mod record;
 mod sql;
 #[cfg(feature = "datafusion")]
 mod sql_bundled;
@@ -42,6 +43,7 @@ pub use pg::{
     Answer, DEFAULT_CONNECTION, ItemError, PgConfig, PgConnection, ReferencedLookup,
     ReferencedQuery, TableLoader, Written, pg_type_name, quote_table,
 };
+pub use record::{JsonRecord, JsonRef, Record};
 pub use sql::{
     ParamValue, ReferencedSql, SqlAnswer, SqlColumn, SqlConfig, SqlParam, SqlQuery, SqlStatement,
 };

@@ -5,6 +5,7 @@ use crate::index::KeyIndex;
 use crate::json::ColumnWriter;
 use crate::key::{Converted, KeyType, KeyValue, TypedColumn, convert};
 use crate::pg::{Answer, ReferencedLookup, Written};
+use crate::record::{JsonRef, Record};
 use crate::table::Table;
 use serde_json::{Map, Value};
 use smallvec::SmallVec;
@@ -354,7 +355,7 @@ impl Lookup {
 
     /// Finds the row for a record whose key values are under the configured input names.
     /// A JSON `null` counts as a missing key.
-    pub fn find(&self, data: &Map<String, Value>) -> Result<Match> {
+    pub fn find<R: Record + ?Sized>(&self, data: &R) -> Result<Match> {
         let describe = || self.describe_keys(data);
         match self.key_of(data)? {
             Key::Values(values) => {
@@ -414,7 +415,7 @@ impl Lookup {
         // the error reported is the first in record order, as one-by-one lookups would give.
         let mut pending = None;
         for (i, data) in records.iter().enumerate() {
-            match self.key_of(data) {
+            match self.key_of(*data) {
                 Ok(key) => {
                     let hash = match &key {
                         Key::Values(values) => self.index.hash_values(values),
@@ -448,7 +449,7 @@ impl Lookup {
         }
     }
 
-    fn key_of<'a>(&self, data: &'a Map<String, Value>) -> Result<Key<'a>> {
+    fn key_of<'a, R: Record + ?Sized>(&self, data: &'a R) -> Result<Key<'a>> {
         key_of(&self.keys, &self.config, data)
     }
 
@@ -460,7 +461,7 @@ impl Lookup {
         decide(&self.config, self.table.name(), describe, rows)
     }
 
-    fn describe_keys(&self, data: &Map<String, Value>) -> String {
+    fn describe_keys<R: Record + ?Sized>(&self, data: &R) -> String {
         describe_keys(&self.keys, data)
     }
 
@@ -528,16 +529,16 @@ pub(crate) fn output_columns<'a>(
 
 /// A record's key converted to the key columns' types, or the answer already decided by a
 /// missing key. `keys` are (input name, type) per key column.
-pub(crate) fn key_of<'a>(
+pub(crate) fn key_of<'a, R: Record + ?Sized>(
     keys: &[(String, KeyType)],
     config: &LookupConfig,
-    data: &'a Map<String, Value>,
+    data: &'a R,
 ) -> Result<Key<'a>> {
     let mut values: SmallVec<[KeyValue<'a>; 4]> = SmallVec::new();
     let mut never_matches = false;
     for (input, key_type) in keys {
-        match data.get(input) {
-            None | Some(Value::Null) => return on_missing_key(config, input).map(Key::Decided),
+        match data.field(input) {
+            None | Some(JsonRef::Null) => return on_missing_key(config, input).map(Key::Decided),
             Some(value) => match convert(input, *key_type, value)? {
                 Converted::Value(v) => values.push(v),
                 Converted::NeverMatches => never_matches = true,
@@ -595,9 +596,9 @@ fn on_missing_key(config: &LookupConfig, input: &str) -> Result<Match> {
 }
 
 /// `input=value, ...` for error messages, with the record's JSON values as sent.
-pub(crate) fn describe_keys(keys: &[(String, KeyType)], data: &Map<String, Value>) -> String {
+pub(crate) fn describe_keys<R: Record + ?Sized>(keys: &[(String, KeyType)], data: &R) -> String {
     keys.iter()
-        .map(|(input, _)| format!("{input}={}", data.get(input).unwrap_or(&Value::Null)))
+        .map(|(input, _)| format!("{input}={}", data.field(input).unwrap_or(JsonRef::Null)))
         .collect::<Vec<_>>()
         .join(", ")
 }

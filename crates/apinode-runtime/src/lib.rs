@@ -34,8 +34,8 @@ pub use metrics::{EndpointMetrics, Metrics, ServiceMetrics};
 pub use prediction::{PredictOutput, ignore_reason_code, write_result as write_prediction_result};
 pub use referenced::{PendingOutput, Resolved};
 pub use runtime::{
-    Action, CallRequest, CallResponse, Dispatch, GenerationInfo, GenerationsView, LookupItem,
-    LookupOutput, Output, Runtime, RuntimeConfig, ServiceSummary,
+    Action, CallBody, CallRequest, CallResponse, Dispatch, GenerationInfo, GenerationsView,
+    LookupItem, LookupOutput, Output, Runtime, RuntimeConfig, ServiceSummary,
 };
 pub use state::{Mapping, MappingEntry};
 pub use workers::{WorkerCall, WorkerOutput};

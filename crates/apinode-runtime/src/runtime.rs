@@ -8,11 +8,12 @@ use crate::referenced::{Connections, PendingOutput};
 use crate::state::{self, GenerationRecord, Mapping, NodeState, ServiceState};
 use crate::workers::{WorkerCall, WorkerContext, WorkerHost, WorkerOutput};
 use apinode_bundle::{Bundle, EndpointKind, Limits};
-use apinode_lookup::{Match, SqlAnswer};
+use apinode_lookup::{Match, Record, SqlAnswer};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -104,10 +105,34 @@ pub struct CallRequest<'a> {
     pub service: &'a str,
     pub endpoint: &'a str,
     pub action: Action,
-    /// The parsed request body (an empty body is `{}`).
-    pub body: &'a Value,
+    pub body: CallBody<'a>,
     pub dispatch: Dispatch,
     pub credentials: Credentials<'a>,
+}
+
+/// A query's body, as its caller parsed it.
+#[derive(Debug, Clone, Copy)]
+pub enum CallBody<'a> {
+    /// The whole body as a JSON tree (an empty body is `{}`).
+    Json(&'a Value),
+    /// A `lookup` call's `data` object, parsed without a tree (an `apinode_lookup::JsonRecord`),
+    /// for a body that holds nothing else the runtime reads. An in-memory lookup reads its
+    /// keys straight from it; any other endpoint gets the tree `{"data": ...}` built from it.
+    LookupData(&'a (dyn Record + 'a)),
+}
+
+impl CallBody<'_> {
+    /// The body as a JSON tree: borrowed, or built from a `LookupData`.
+    fn json(&self) -> Cow<'_, Value> {
+        match self {
+            CallBody::Json(body) => Cow::Borrowed(body),
+            CallBody::LookupData(data) => {
+                let mut body = serde_json::Map::new();
+                body.insert("data".into(), Value::Object(data.to_map()));
+                Cow::Owned(Value::Object(body))
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -339,6 +364,7 @@ impl Runtime {
             Action::Lookup | Action::Predict | Action::Run | Action::Query => 1,
             _ => request
                 .body
+                .json()
                 .get("items")
                 .and_then(Value::as_array)
                 .map_or(0, Vec::len),
@@ -355,13 +381,13 @@ impl Runtime {
         }
         let result = match (&endpoint.handler, request.action) {
             (Handler::Lookup(lookup), Action::Lookup) => lookup_single(lookup, request.body),
-            (Handler::Lookup(lookup), _) => lookup_multi(lookup, request.body),
+            (Handler::Lookup(lookup), _) => lookup_multi(lookup, &request.body.json()),
             (Handler::Predict(predict), Action::Predict) => {
-                predict.predict(request.body).map(Output::Predict)
+                predict.predict(&request.body.json()).map(Output::Predict)
             }
-            (Handler::Predict(predict), _) => {
-                predict.predict_multi(request.body).map(Output::Predict)
-            }
+            (Handler::Predict(predict), _) => predict
+                .predict_multi(&request.body.json())
+                .map(Output::Predict),
             (Handler::Worker(_) | Handler::Referenced(_) | Handler::Sql(_), _) => {
                 unreachable_worker()
             }
@@ -931,11 +957,12 @@ fn lookup_items(body: &Value) -> Result<Vec<&serde_json::Map<String, Value>>> {
     Ok(records)
 }
 
-fn lookup_single(lookup: &apinode_lookup::Lookup, body: &Value) -> Result<Output> {
-    let data = lookup_data(body)?;
-    let found = lookup
-        .find(data)
-        .map_err(|source| Error::Lookup { item: None, source })?;
+fn lookup_single(lookup: &apinode_lookup::Lookup, body: CallBody<'_>) -> Result<Output> {
+    let found = match body {
+        CallBody::LookupData(data) => lookup.find(data),
+        CallBody::Json(body) => lookup.find(lookup_data(body)?),
+    }
+    .map_err(|source| Error::Lookup { item: None, source })?;
     let mut out = LookupOutput {
         buffer: Vec::with_capacity(512),
         items: Vec::with_capacity(1),
@@ -1008,9 +1035,19 @@ fn answer_later(
         Handler::Worker(worker) => worker.enrichment.is_referenced(),
         _ => false,
     };
+    let answered_now = match &endpoint.handler {
+        Handler::Lookup(_) => true,
+        Handler::Predict(_) => !referenced_enrichment || request.action == Action::Run,
+        _ => false,
+    };
+    if answered_now {
+        return None;
+    }
+    let body = request.body.json();
+    let body: &Value = &body;
     Some(match &endpoint.handler {
-        _ if referenced_enrichment && request.action != Action::Run => {
-            owned_records(request.body, multi).map(|records| {
+        _ if referenced_enrichment && request.action != Action::Run => owned_records(body, multi)
+            .map(|records| {
                 Output::Pending(PendingOutput::later(
                     records.len(),
                     when_done(),
@@ -1021,16 +1058,15 @@ fn answer_later(
                         multi,
                     ),
                 ))
-            })
-        }
+            }),
         Handler::Worker(worker) => {
             let call = match request.action {
-                Action::Run => worker.run_call(request.body),
-                Action::Predict => refuse_explanations(request.body)
-                    .and_then(|()| features_of(request.body, "features"))
+                Action::Run => worker.run_call(body),
+                Action::Predict => refuse_explanations(body)
+                    .and_then(|()| features_of(body, "features"))
                     .and_then(|features| worker.predict_call(&[features], false)),
-                _ => refuse_explanations(request.body)
-                    .and_then(|()| multi_features(request.body))
+                _ => refuse_explanations(body)
+                    .and_then(|()| multi_features(body))
                     .and_then(|records| worker.predict_call(&records, true)),
             };
             call.map(|mut call| {
@@ -1039,12 +1075,12 @@ fn answer_later(
             })
         }
         Handler::Sql(sql) => sql
-            .query(request.body)
+            .query(body)
             .map(|query| Output::Pending(PendingOutput::sql(query, when_done())))
             .map_err(|source| Error::Sql { source }),
         Handler::Referenced(lookup) => match request.action {
-            Action::Lookup => lookup_data(request.body).map(|data| vec![data]),
-            _ => lookup_items(request.body),
+            Action::Lookup => lookup_data(body).map(|data| vec![data]),
+            _ => lookup_items(body),
         }
         .map(|records| {
             Output::Pending(PendingOutput::lookup(

@@ -2,8 +2,9 @@
 //! dispatch, auth, lookups, persistence across restarts, and refusal of bad generations.
 
 use apinode_bundle::BuildOptions;
+use apinode_lookup::JsonRecord;
 use apinode_runtime::{
-    Action, CallRequest, CallResponse, Credentials, Dispatch, Error, LookupItem, Mapping,
+    Action, CallBody, CallRequest, CallResponse, Credentials, Dispatch, Error, LookupItem, Mapping,
     MappingEntry, Output, Runtime, RuntimeConfig,
 };
 use serde_json::{Value, json};
@@ -128,7 +129,7 @@ impl Node {
             service: "customers",
             endpoint,
             action,
-            body: &body,
+            body: CallBody::Json(&body),
             dispatch,
             credentials: Credentials::ApiKey(KEY),
         })
@@ -224,6 +225,49 @@ fn lifecycle_from_import_to_delete() {
     ));
     assert!(node.runtime.list_services().is_empty());
     assert!(!node.data_dir.join("services/customers").exists());
+}
+
+/// A lookup's keys read from its `data` parsed as a `JsonRecord` (what the server does for a
+/// lookup it does not log) give the answer, or the error, they give read from the tree.
+#[test]
+fn a_lookup_reads_its_keys_from_a_record_as_from_a_tree() {
+    let node = Node::new();
+    node.runtime.create_service("customers", ADMIN).unwrap();
+    node.import("v1", "Paris").unwrap();
+    node.runtime.switch_to_newest("customers", ADMIN).unwrap();
+    let answer = |body: CallBody<'_>| match node.runtime.call(&CallRequest {
+        service: "customers",
+        endpoint: "by-id",
+        action: Action::Lookup,
+        body,
+        dispatch: Dispatch::default(),
+        credentials: Credentials::ApiKey(KEY),
+    }) {
+        Ok(response) => format!("{} {:?}", response.generation, results(&response)),
+        Err(e) => format!("error: {e}"),
+    };
+    for data in [
+        r#"{"customer": 1}"#,
+        r#"{"customer": "3"}"#,
+        r#"{"customer": 1.0}"#,
+        r#"{"customer": 99}"#,
+        r#"{"customer": "x"}"#,
+        r#"{"customer": null}"#,
+        r#"{}"#,
+        r#"{"customer": true}"#,
+        r#"{"customer": [1]}"#,
+        r#"{"customer": {"id": 1}}"#,
+        r#"{"customer": 2, "customer": 1, "other": "\u00e9"}"#,
+    ] {
+        let record: JsonRecord<'_> = serde_json::from_str(data).unwrap();
+        let tree: Value = serde_json::from_str(data).unwrap();
+        let body = json!({ "data": tree });
+        let by_tree = answer(CallBody::Json(&body));
+        assert_eq!(answer(CallBody::LookupData(&record)), by_tree, "{data}");
+        if data == r#"{"customer": 1}"# {
+            assert!(by_tree.contains("Paris"), "{by_tree}");
+        }
+    }
 }
 
 #[test]
@@ -332,7 +376,7 @@ fn api_keys_are_checked() {
             service: "customers",
             endpoint: "by-id",
             action: Action::Lookup,
-            body: &body,
+            body: CallBody::Json(&body),
             dispatch: Dispatch::default(),
             credentials,
         })

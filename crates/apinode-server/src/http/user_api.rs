@@ -4,10 +4,10 @@
 use super::audit::{ClientAddr, QueryAudit, finish_query};
 use super::auth::PresentedCredentials;
 use super::{ApiError, AppState};
-use apinode_lookup::SqlAnswer;
+use apinode_lookup::{JsonRecord, SqlAnswer};
 use apinode_runtime::{
-    Action, CallRequest, Dispatch, LookupItem, LookupOutput, Output, PendingOutput, PredictOutput,
-    Resolved, WorkerCall, WorkerOutput,
+    Action, CallBody, CallRequest, Dispatch, LookupItem, LookupOutput, Output, PendingOutput,
+    PredictOutput, Resolved, WorkerCall, WorkerOutput,
 };
 use axum::Extension;
 use axum::extract::{Path, State};
@@ -194,19 +194,32 @@ pub(super) fn answer(
             "unknown action `{route}`: use predict, predict-multi, lookup, lookup-multi, query or run"
         ))
     })?;
-    let body = parse_body(body)?;
-    let dispatch = parse_dispatch(&body)?;
+    // A lookup the node does not log reads its keys straight from the body's text; anything
+    // else, and any body that path does not take, is parsed into a tree.
+    let lookup_body = match (action, &audit) {
+        (Action::Lookup, None) => LookupBody::parse(body),
+        _ => None,
+    };
+    let mut tree = None;
+    let (body, dispatch) = match &lookup_body {
+        Some(lookup) => (CallBody::LookupData(&lookup.data), Dispatch::default()),
+        None => {
+            let parsed = tree.insert(parse_body(body)?);
+            let dispatch = parse_dispatch(parsed)?;
+            (CallBody::Json(parsed), dispatch)
+        }
+    };
     let request = CallRequest {
         service,
         endpoint,
         action,
-        body: &body,
+        body,
         dispatch,
         credentials: credentials.as_credentials(),
     };
     let called = state.runtime.call(&request);
-    if let Some(audit) = audit.as_deref_mut() {
-        audit.request(action, body);
+    if let (Some(audit), Some(tree)) = (audit.as_deref_mut(), tree) {
+        audit.request(action, tree);
     }
     let response = match called {
         Ok(response) => response,
@@ -248,6 +261,26 @@ pub(super) fn answer(
             start,
         }),
     })
+}
+
+/// A `lookup` body read without a tree: `{"data": {...}}` and whatever else the runtime does
+/// not read (`context` is the audit log's, and this path is for queries it does not log).
+#[derive(serde::Deserialize)]
+struct LookupBody<'a> {
+    #[serde(borrow)]
+    data: JsonRecord<'a>,
+    #[serde(default, borrow)]
+    dispatch: Option<&'a RawValue>,
+}
+
+impl<'a> LookupBody<'a> {
+    /// `None` for a body this path leaves to the tree: not JSON, no `data` object, a field
+    /// given twice, or a `dispatch` (the tree's path reads it, and says what is wrong with it).
+    fn parse(body: &'a [u8]) -> Option<LookupBody<'a>> {
+        serde_json::from_slice::<LookupBody<'a>>(body)
+            .ok()
+            .filter(|lookup| lookup.dispatch.is_none())
+    }
 }
 
 /// An empty body is `{}` (the official client sends none when there is nothing to send).
@@ -402,6 +435,37 @@ fn write_response(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn lookup_bodies_without_a_tree_are_the_plain_ones() {
+        use apinode_lookup::Record;
+        let taken = LookupBody::parse(
+            br#"{"data": {"key": "C1", "n": 2}, "context": {"a": [1]}, "dispatch": null}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object(taken.data.to_map()),
+            json!({"key": "C1", "n": 2})
+        );
+        // Left to the tree, which answers them or says what is wrong.
+        for body in [
+            &b""[..],
+            b"{}",
+            b"[1]",
+            br#"{"data": null}"#,
+            br#"{"data": [1]}"#,
+            br#"{"data": {"key": "C1"}"#,
+            br#"{"data": {"key": "C1"}} x"#,
+            br#"{"data": {"key": "C1"}, "data": {"key": "C2"}}"#,
+            br#"{"data": {"key": "C1"}, "dispatch": {"forcedGeneration": "v1"}}"#,
+        ] {
+            assert!(
+                LookupBody::parse(body).is_none(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
 
     #[test]
     fn empty_bodies_are_empty_objects() {
