@@ -107,6 +107,15 @@ impl Node {
         }
     }
 
+    /// A node whose `customers` service answers with generation `v1` (city of 1: Paris).
+    fn serving_v1() -> Node {
+        let node = Node::new();
+        node.runtime.create_service("customers", ADMIN).unwrap();
+        node.import("v1", "Paris").unwrap();
+        node.runtime.switch_to_newest("customers", ADMIN).unwrap();
+        node
+    }
+
     fn restart(&mut self) {
         self.runtime = Runtime::open(RuntimeConfig::new(&self.data_dir)).unwrap();
     }
@@ -231,10 +240,7 @@ fn lifecycle_from_import_to_delete() {
 /// lookup it does not log) give the answer, or the error, they give read from the tree.
 #[test]
 fn a_lookup_reads_its_keys_from_a_record_as_from_a_tree() {
-    let node = Node::new();
-    node.runtime.create_service("customers", ADMIN).unwrap();
-    node.import("v1", "Paris").unwrap();
-    node.runtime.switch_to_newest("customers", ADMIN).unwrap();
+    let node = Node::serving_v1();
     let answer = |body: CallBody<'_>| match node.runtime.call(&CallRequest {
         service: "customers",
         endpoint: "by-id",
@@ -272,10 +278,7 @@ fn a_lookup_reads_its_keys_from_a_record_as_from_a_tree() {
 
 #[test]
 fn lookup_multi_composite_keys_and_behaviours() {
-    let node = Node::new();
-    node.runtime.create_service("customers", ADMIN).unwrap();
-    node.import("v1", "Paris").unwrap();
-    node.runtime.switch_to_newest("customers", ADMIN).unwrap();
+    let node = Node::serving_v1();
 
     let response = node
         .call(
@@ -366,10 +369,7 @@ fn lookup_multi_composite_keys_and_behaviours() {
 
 #[test]
 fn api_keys_are_checked() {
-    let node = Node::new();
-    node.runtime.create_service("customers", ADMIN).unwrap();
-    node.import("v1", "Paris").unwrap();
-    node.runtime.switch_to_newest("customers", ADMIN).unwrap();
+    let node = Node::serving_v1();
     let body = json!({"data": {"customer": 1}});
     let call = |credentials| {
         node.runtime.call(&CallRequest {
@@ -516,10 +516,7 @@ fn state_survives_a_restart_without_reimport() {
 
 #[test]
 fn a_bad_generation_never_replaces_a_good_one() {
-    let node = Node::new();
-    node.runtime.create_service("customers", ADMIN).unwrap();
-    node.import("v1", "Paris").unwrap();
-    node.runtime.switch_to_newest("customers", ADMIN).unwrap();
+    let node = Node::serving_v1();
 
     // Not a bundle at all.
     let junk = node.work.join("junk.zip");
@@ -634,10 +631,7 @@ fn admin_keys_are_generated_once_and_stored_hashed() {
 
 #[test]
 fn metrics_count_requests_per_endpoint() {
-    let node = Node::new();
-    node.runtime.create_service("customers", ADMIN).unwrap();
-    node.import("v1", "Paris").unwrap();
-    node.runtime.switch_to_newest("customers", ADMIN).unwrap();
+    let node = Node::serving_v1();
     node.lookup(json!(1)).unwrap();
     node.lookup(json!(2)).unwrap();
     let _ = node.call(
