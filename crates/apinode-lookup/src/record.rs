@@ -45,6 +45,19 @@ impl fmt::Display for JsonRef<'_> {
     }
 }
 
+/// Written as the JSON value it is.
+impl serde::Serialize for JsonRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            JsonRef::Null => serializer.serialize_unit(),
+            JsonRef::Bool(b) => serializer.serialize_bool(*b),
+            JsonRef::Number(n) => n.serialize(serializer),
+            JsonRef::Str(s) => serializer.serialize_str(s),
+            JsonRef::Other(v) => v.serialize(serializer),
+        }
+    }
+}
+
 /// A record lookups read their key inputs from, field by field.
 pub trait Record: fmt::Debug {
     /// The field called `name`; `None` when the record has none.
@@ -106,6 +119,13 @@ impl<'a> Field<'a> {
 
 impl JsonRecord<'_> {
     /// Its fields, in text order (a name given twice, twice).
+    pub fn fields(&self) -> impl Iterator<Item = (&str, JsonRef<'_>)> {
+        self.fields
+            .iter()
+            .map(|(name, field)| (name.as_ref(), field.as_json()))
+    }
+
+    /// How many fields it has (a name given twice, twice).
     pub fn len(&self) -> usize {
         self.fields.len()
     }

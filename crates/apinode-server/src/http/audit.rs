@@ -8,12 +8,15 @@ use super::{ApiError, AppState};
 use crate::config::{AuditSettings, ServicePolicy};
 use anyhow::Context;
 use apinode_audit::{AuditLog, AuditRecord, Durability, Logged, Payload, Stream};
+use apinode_lookup::{JsonRecord, JsonRef};
 use apinode_runtime::Action;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -101,6 +104,7 @@ impl NodeAudit {
             policy,
             action: None,
             body: None,
+            lookup: None,
             generation: None,
             key_id: None,
             kind: None,
@@ -197,6 +201,7 @@ pub(crate) struct QueryAudit {
     policy: ServicePolicy,
     action: Option<Action>,
     body: Option<Value>,
+    lookup: Option<LookupRequest>,
     generation: Option<Arc<str>>,
     key_id: Option<String>,
     kind: Option<&'static str>,
@@ -204,6 +209,14 @@ pub(crate) struct QueryAudit {
     timing: [(&'static str, u64); TIMING_STEPS],
     steps: usize,
     failure: Option<(u16, String, String)>,
+}
+
+/// A lookup read without a tree ([`QueryAudit::lookup_request`]).
+struct LookupRequest {
+    /// Its inputs, written at the start of the scratch text, and whether they were cut;
+    /// `None` with payloads off.
+    inputs: Option<(Range<usize>, bool)>,
+    context: Option<Value>,
 }
 
 /// The text a logged query's records point into: each item's output as the answer has it,
@@ -275,6 +288,22 @@ impl QueryAudit {
         self.body = Some(body);
     }
 
+    /// A `lookup` whose body was read without a tree: its `data` (the record's inputs, written
+    /// now, as the tree's would be) and its `context`, if any.
+    pub(super) fn lookup_request(&mut self, data: &JsonRecord<'_>, context: Option<&RawValue>) {
+        self.action = Some(Action::Lookup);
+        let scratch = &mut self.scratch;
+        let inputs = self.policy.payloads.then(|| {
+            let start = scratch.text.len();
+            let cut = write_capped(&mut scratch.text, self.policy.max_payload_bytes, |text| {
+                write_record(text, data)
+            });
+            (start..scratch.text.len(), cut)
+        });
+        let context = context.and_then(|raw| serde_json::from_str(raw.get()).ok());
+        self.lookup = Some(LookupRequest { inputs, context });
+    }
+
     pub(super) fn answered_by(
         &mut self,
         generation: &Arc<str>,
@@ -339,6 +368,7 @@ impl QueryAudit {
             policy,
             action,
             body,
+            lookup,
             generation,
             key_id,
             kind,
@@ -374,9 +404,12 @@ impl QueryAudit {
         base.endpoint_kind = kind.map(Cow::Borrowed);
         base.generation = generation.as_deref().map(Cow::Borrowed);
         base.api_key_id = key_id.as_deref().map(Cow::Borrowed);
+        let (lookup_inputs, lookup_context) =
+            lookup.map_or((None, None), |l| (l.inputs, l.context));
         base.context = body
             .as_ref()
             .and_then(|b| b.get("context"))
+            .or(lookup_context.as_ref())
             .map(Cow::Borrowed);
         base.timing = &timing[..steps];
         let multi = matches!(action, Some(Action::PredictMulti | Action::LookupMulti));
@@ -406,6 +439,9 @@ impl QueryAudit {
                     }
                 });
                 r.inputs = Some(Payload::trusted(json_text(text)));
+            } else if let Some((range, cut)) = &lookup_inputs {
+                r.inputs = Some(Payload::trusted(json_text(&text[range.clone()])));
+                r.truncated = *cut;
             }
             logging.push(node.log.log(&r, node.durability));
             return logging;
@@ -438,6 +474,11 @@ impl QueryAudit {
             if let Some(cut) = inputs_cut {
                 r.inputs = Some(Payload::trusted(json_text(&text[outputs_end..])));
                 r.truncated |= cut;
+            } else if output.is_some()
+                && let Some((range, cut)) = &lookup_inputs
+            {
+                r.inputs = Some(Payload::trusted(json_text(&text[range.clone()])));
+                r.truncated |= *cut;
             }
             logging.push(node.log.log(&r, node.durability));
         }
@@ -520,6 +561,29 @@ fn write_inputs(text: &mut Vec<u8>, action: Action, body: &Value, item: Option<u
             text.push(b'}');
         }
     }
+}
+
+/// A lookup's `data` read without a tree, written as the tree would be: names in order, of
+/// a name given twice the last.
+fn write_record(text: &mut Vec<u8>, data: &JsonRecord<'_>) {
+    let mut fields: SmallVec<[(&str, JsonRef<'_>); 8]> = data.fields().collect();
+    // Stable: of equal names, the last in the text stays last.
+    fields.sort_by(|a, b| a.0.cmp(b.0));
+    text.push(b'{');
+    let mut first = true;
+    for (i, (name, value)) in fields.iter().enumerate() {
+        if fields.get(i + 1).is_some_and(|next| next.0 == *name) {
+            continue;
+        }
+        if !first {
+            text.push(b',');
+        }
+        first = false;
+        write_json(text, name);
+        text.push(b':');
+        write_json(text, value);
+    }
+    text.push(b'}');
 }
 
 fn write_json<T: serde::Serialize + ?Sized>(text: &mut Vec<u8>, value: &T) {
@@ -793,6 +857,26 @@ mod tests {
             id.as_str()
         );
         assert_ne!(id.as_str(), RequestId::random().as_str());
+    }
+
+    #[test]
+    fn a_lookup_read_without_a_tree_has_the_inputs_the_tree_has() {
+        for data in [
+            r#"{}"#,
+            r#"{"key": "C1"}"#,
+            r#"{"z": 1, "a": [1, {"b": null}], "m": "\u00e9\n", "a": true, "z": 2.5}"#,
+        ] {
+            let record: JsonRecord<'_> = serde_json::from_str(data).unwrap();
+            let tree = json!({ "data": serde_json::from_str::<Value>(data).unwrap() });
+            let (mut by_record, mut by_tree) = (Vec::new(), Vec::new());
+            write_record(&mut by_record, &record);
+            write_inputs(&mut by_tree, Action::Lookup, &tree, None);
+            assert_eq!(
+                String::from_utf8(by_record).unwrap(),
+                String::from_utf8(by_tree).unwrap(),
+                "{data}"
+            );
+        }
     }
 
     #[test]

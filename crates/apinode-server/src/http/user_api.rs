@@ -194,10 +194,10 @@ pub(super) fn answer(
             "unknown action `{route}`: use predict, predict-multi, lookup, lookup-multi, query or run"
         ))
     })?;
-    // A lookup the node does not log reads its keys straight from the body's text; anything
-    // else, and any body that path does not take, is parsed into a tree.
-    let lookup_body = match (action, &audit) {
-        (Action::Lookup, None) => LookupBody::parse(body),
+    // A lookup reads its keys straight from the body's text (and its audit record, if any,
+    // its inputs); anything else, and any body that path does not take, is parsed into a tree.
+    let lookup_body = match action {
+        Action::Lookup => LookupBody::parse(body),
         _ => None,
     };
     let mut tree = None;
@@ -218,8 +218,12 @@ pub(super) fn answer(
         credentials: credentials.as_credentials(),
     };
     let called = state.runtime.call(&request);
-    if let (Some(audit), Some(tree)) = (audit.as_deref_mut(), tree) {
-        audit.request(action, tree);
+    if let Some(audit) = audit.as_deref_mut() {
+        match (tree, &lookup_body) {
+            (Some(tree), _) => audit.request(action, tree),
+            (None, Some(lookup)) => audit.lookup_request(&lookup.data, lookup.context),
+            (None, None) => {}
+        }
     }
     let response = match called {
         Ok(response) => response,
@@ -263,12 +267,14 @@ pub(super) fn answer(
     })
 }
 
-/// A `lookup` body read without a tree: `{"data": {...}}` and whatever else the runtime does
-/// not read (`context` is the audit log's, and this path is for queries it does not log).
+/// A `lookup` body read without a tree: `{"data": {...}}`, the `context` the audit log
+/// records, and whatever else nobody reads.
 #[derive(serde::Deserialize)]
 struct LookupBody<'a> {
     #[serde(borrow)]
     data: JsonRecord<'a>,
+    #[serde(default, borrow)]
+    context: Option<&'a RawValue>,
     #[serde(default, borrow)]
     dispatch: Option<&'a RawValue>,
 }

@@ -231,6 +231,8 @@ fn queries_auth_failures_and_admin_mutations_are_logged() {
         "com.dataiku.dip.apinode.InvalidLookupKey"
     );
     assert!(bad["error_message"].as_str().unwrap().contains("id"));
+    // A failed lookup's record keeps its inputs, read without a tree as the answered one's.
+    assert_eq!(bad["inputs"], json!({"id": "x"}));
 
     let auth: Vec<_> = records
         .iter()
