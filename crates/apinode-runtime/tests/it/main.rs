@@ -237,7 +237,7 @@ fn lifecycle_from_import_to_delete() {
 }
 
 /// A lookup's keys read from its `data` parsed as a `JsonRecord` (what the server does for a
-/// lookup it does not log) give the answer, or the error, they give read from the tree.
+/// plain lookup body) give the answer, or the error, they give read from the tree.
 #[test]
 fn a_lookup_reads_its_keys_from_a_record_as_from_a_tree() {
     let node = Node::serving_v1();

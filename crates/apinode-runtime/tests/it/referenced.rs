@@ -175,7 +175,7 @@ fn answer(runtime: &Runtime, service: &str, endpoint: &str, action: Action, body
 }
 
 /// The same; a `lookup` whose `data` is an object is also asked with that object parsed as a
-/// `JsonRecord` (as the server parses a lookup it does not log), and must get the same answer.
+/// `JsonRecord` (as the server parses a plain lookup body), and must get the same answer.
 fn answer_both_ways(
     runtime: &Runtime,
     service: &str,
