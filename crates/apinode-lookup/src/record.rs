@@ -242,7 +242,8 @@ impl<'de: 'a, 'a> Visitor<'de> for FieldVisitor<'a> {
     }
 
     fn visit_f64<E: de::Error>(self, f: f64) -> Result<Self::Value, E> {
-        // JSON text has no NaN or infinity; `Value` refuses them the same way.
+        // Not reached from JSON text, which has no NaN or infinity (serde_json refuses a
+        // number out of range); refused rather than turned into something else.
         Number::from_f64(f)
             .map(|n| FieldSeed(Field::Number(n)))
             .ok_or_else(|| E::custom("a number that is not finite"))

@@ -273,10 +273,17 @@ pub(super) fn answer(
 struct LookupBody<'a> {
     #[serde(borrow)]
     data: JsonRecord<'a>,
-    #[serde(default, borrow)]
+    /// A `null` context is kept: the record says `"context": null`, as the tree's does.
+    #[serde(default, borrow, deserialize_with = "null_kept")]
     context: Option<&'a RawValue>,
     #[serde(default, borrow)]
     dispatch: Option<&'a RawValue>,
+}
+
+fn null_kept<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'de RawValue>, D::Error> {
+    serde::Deserialize::deserialize(deserializer).map(Some)
 }
 
 impl<'a> LookupBody<'a> {
@@ -452,6 +459,15 @@ mod tests {
         assert_eq!(
             Value::Object(taken.data.to_map()),
             json!({"key": "C1", "n": 2})
+        );
+        assert_eq!(taken.context.map(RawValue::get), Some(r#"{"a": [1]}"#));
+        let null_context = LookupBody::parse(br#"{"data": {}, "context": null}"#).unwrap();
+        assert_eq!(null_context.context.map(RawValue::get), Some("null"));
+        assert!(
+            LookupBody::parse(br#"{"data": {}}"#)
+                .unwrap()
+                .context
+                .is_none()
         );
         // Left to the tree, which answers them or says what is wrong.
         for body in [
