@@ -6,7 +6,9 @@
 //! queries given as JSON objects: it finds the matching row, applies the configured behaviour
 //! for a missing key, no match or several matches, and writes the selected (renamed) output
 //! columns as a JSON object straight into a byte buffer. Programs that hold typed keys rather
-//! than JSON use [`Lookup::find_key`], which skips the JSON reading and conversion.
+//! than JSON use [`Lookup::find_key`], which skips the JSON reading and conversion. A query's
+//! JSON object is any [`Record`]: a `serde_json::Map`, or a [`JsonRecord`] deserialized from
+//! the request's text without a `Value` tree (what the HTTP server does for a `lookup`).
 //!
 //! Referenced data stays in PostgreSQL: a [`PgConnection`] is a named pool, a
 //! [`ReferencedLookup`] answers the same queries as a [`Lookup`] (same configuration,
