@@ -29,7 +29,9 @@
 //! it writes `audit-smoke.json` and checks that it works: throughput, no errors, every record.
 //!
 //! Knobs: `APINODE_BENCH_ROWS`, `APINODE_BENCH_SECONDS` (each measured phase: 10 s, 1 s in
-//! smoke mode), `APINODE_BENCH_ROUNDS` (2), `APINODE_BENCH_PERF=1` or `dwarf` (`perf record`
+//! smoke mode), `APINODE_BENCH_ROUNDS` (2), `APINODE_BENCH_AUDIT_CONFIG` (lines added to every
+//! logging node's `[audit]` section, `;` for a newline: `direct_writes = false;async_window_ms = 1`),
+//! `APINODE_BENCH_PERF=1` or `dwarf` (`perf record`
 //! each node during its max-load phases, into
 //! `target/bench-results/audit-<mode>_max.perf.data`, `..._max-round2.perf.data` and so on;
 //! it slows the nodes, so take figures from a run without it).
@@ -148,13 +150,18 @@ fn start_node(
         .env("APINODE_LOG", "warn");
     if mode != Mode::Off {
         // TOML literal strings: the paths are taken as they are.
-        let config = format!(
+        let mut config = format!(
             "[audit]\ndurability = '{}'\nstore = '{}'\nspool_dir = '{}'\nnode_id = 'bench-{}'\n",
             mode.name(),
             dir.join("store").display(),
             dir.join("spool").display(),
             mode.name(),
         );
+        // Settings to compare, for every logging node (e.g. `async_window_ms = 1`).
+        if let Ok(extra) = std::env::var("APINODE_BENCH_AUDIT_CONFIG") {
+            config.push_str(&extra.replace(';', "\n"));
+            config.push('\n');
+        }
         let config_path = dir.join("node.toml");
         std::fs::write(&config_path, config).expect("write the node's configuration");
         command.arg("--config").arg(config_path);

@@ -30,6 +30,7 @@
 //! upload (a crash between an upload and the local delete re-uploads the same object, under the
 //! same name, so the store still holds each record once).
 
+mod direct;
 mod error;
 #[cfg(feature = "reader")]
 mod reader;

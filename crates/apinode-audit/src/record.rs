@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::net::SocketAddr;
 
 /// The log a record belongs to: user queries (partitioned by service), authentication
@@ -319,43 +320,72 @@ fn write_address(out: &mut Vec<u8>, address: &SocketAddr) {
     }
 }
 
+thread_local! {
+    /// The second of this thread's last record and its `YYYY-MM-DDTHH:MM:SS`: the calendar
+    /// date is worked out once a second, not per record.
+    static LAST_SECOND: Cell<(i64, [u8; 19])> = const { Cell::new((i64::MIN, [0; 19])) };
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, as `to_rfc3339_opts(Micros, true)` writes it; years
 /// outside 0..=9999 and leap seconds through chrono itself.
 fn write_time(out: &mut Vec<u8>, time: &DateTime<Utc>) {
+    let (second, nanos) = (time.timestamp(), time.timestamp_subsec_nanos());
+    let cached = LAST_SECOND
+        .try_with(|last| {
+            let (last_second, text) = last.get();
+            if last_second == second {
+                return Some(text);
+            }
+            let text = second_text(time)?;
+            last.set((second, text));
+            Some(text)
+        })
+        .ok()
+        .flatten();
+    // A leap second's nanoseconds go beyond a billion: chrono writes it as `:60`.
+    match cached.or_else(|| second_text(time)) {
+        Some(text) if nanos < 1_000_000_000 => {
+            out.extend_from_slice(&text);
+            out.push(b'.');
+            write_digits(out, nanos / 1000, 6);
+            out.push(b'Z');
+        }
+        _ => out.extend_from_slice(
+            time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                .as_bytes(),
+        ),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of `time`'s second, for years 0 to 9999.
+fn second_text(time: &DateTime<Utc>) -> Option<[u8; 19]> {
     use chrono::{Datelike, Timelike};
     // Once: each accessor of a `DateTime` converts it to local (UTC) time again.
     let time = time.naive_utc();
-    let year = time.year();
-    if !(0..=9999).contains(&year) || time.nanosecond() >= 1_000_000_000 {
-        let text = time
-            .and_utc()
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        out.extend_from_slice(text.as_bytes());
-        return;
+    let year = u32::try_from(time.year()).ok().filter(|y| *y <= 9999)?;
+    let mut text = Vec::with_capacity(19);
+    write_digits(&mut text, year, 4);
+    text.push(b'-');
+    write_digits(&mut text, time.month(), 2);
+    text.push(b'-');
+    write_digits(&mut text, time.day(), 2);
+    text.push(b'T');
+    write_digits(&mut text, time.hour(), 2);
+    text.push(b':');
+    write_digits(&mut text, time.minute(), 2);
+    text.push(b':');
+    write_digits(&mut text, time.second(), 2);
+    text.try_into().ok()
+}
+
+/// `n` in `width` decimal digits, zero-padded (`width` ≤ 9).
+fn write_digits(out: &mut Vec<u8>, mut n: u32, width: usize) {
+    let mut buffer = [b'0'; 9];
+    for slot in buffer[..width].iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
     }
-    let digits = |n: u32, width: usize, out: &mut Vec<u8>| {
-        let mut buffer = [b'0'; 9];
-        let mut n = n;
-        for slot in buffer[..width].iter_mut().rev() {
-            *slot = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-        out.extend_from_slice(&buffer[..width]);
-    };
-    digits(year as u32, 4, out);
-    out.push(b'-');
-    digits(time.month(), 2, out);
-    out.push(b'-');
-    digits(time.day(), 2, out);
-    out.push(b'T');
-    digits(time.hour(), 2, out);
-    out.push(b':');
-    digits(time.minute(), 2, out);
-    out.push(b':');
-    digits(time.second(), 2, out);
-    out.push(b'.');
-    digits(time.nanosecond() / 1000, 6, out);
-    out.extend_from_slice(b"Z");
+    out.extend_from_slice(&buffer[..width]);
 }
 
 /// Records written to the same segment, and so to the same store folder.
@@ -445,6 +475,35 @@ mod tests {
         assert_eq!(json["service"], "churn");
         assert_eq!(json["time"], "2026-12-05T07:30:00.000000Z");
         assert!(json.get("inputs").is_none() && json.get("truncated").is_none());
+    }
+
+    #[test]
+    fn times_are_chronos_text_within_a_second_and_across_seconds() {
+        let chrono_text =
+            |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let base = Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 59).unwrap();
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|d| d.and_hms_micro_opt(23, 59, 59, 1_500_000))
+            .unwrap()
+            .and_utc();
+        let times = [
+            base,
+            base + chrono::Duration::microseconds(1),
+            base + chrono::Duration::microseconds(999_999),
+            base + chrono::Duration::seconds(1),
+            base - chrono::Duration::days(400),
+            base,
+            leap,
+            leap - chrono::Duration::milliseconds(500),
+            Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(-1, 1, 1, 0, 0, 0).unwrap(),
+            base,
+        ];
+        for time in times {
+            let mut text = Vec::new();
+            write_time(&mut text, &time);
+            assert_eq!(String::from_utf8(text).unwrap(), chrono_text(&time));
+        }
     }
 
     /// A string that often needs escaping.

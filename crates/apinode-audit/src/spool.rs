@@ -19,6 +19,7 @@
 //! ([`Segments`], behind its lock) touches `.open` files; only the uploader deletes `.jsonl`
 //! files.
 
+use crate::direct;
 use crate::error::{Error, Result};
 use crate::record::{AuditRecord, Partition};
 use crate::store::LogStore;
@@ -29,7 +30,7 @@ use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -81,6 +82,12 @@ pub struct AuditConfig {
     /// How long `async` records wait for their batch's `write` at most: the window a crash
     /// of the node may lose. Longer windows make larger batches (fewer, cheaper writes).
     pub async_window: Duration,
+    /// Writes segments around the page cache (`O_DIRECT`, in whole blocks): a fraction of the
+    /// kernel's cost per byte, but each write waits for the disk, so it suits logs whose writes
+    /// are made off the request path (`async` batches on the blocking pool, `fsync` batches on
+    /// the writer thread), not `write` batches, which run on the caller's runtime. A spool
+    /// whose file system refuses direct writes is written through the page cache (warned once).
+    pub direct_writes: bool,
 }
 
 impl AuditConfig {
@@ -94,6 +101,7 @@ impl AuditConfig {
             on_full: FullPolicy::Reject,
             queue_capacity: 65_536,
             async_window: Duration::from_millis(5),
+            direct_writes: false,
         }
     }
 }
@@ -144,6 +152,9 @@ enum Job {
 #[derive(Debug)]
 pub struct AuditLog {
     jobs: Mutex<Option<SyncSender<Job>>>,
+    /// Set by [`AuditLog::close`] (with `jobs` taken): read without the queue's lock by every
+    /// `write` and `async` record.
+    closed: AtomicBool,
     /// `write` and `async` records not yet in their segment files.
     pending: Arc<Mutex<Pending>>,
     sealing: Arc<Sealing>,
@@ -361,6 +372,8 @@ impl AuditLog {
             open: HashMap::new(),
             last_segment: 0,
             uploader: uploader.clone(),
+            direct_buffer: None,
+            direct_refused: false,
         }));
         let writer = Writer {
             segments: segments.clone(),
@@ -372,6 +385,7 @@ impl AuditLog {
             .map_err(|e| Error::io(&config.spool_dir, e))?;
         Ok(AuditLog {
             jobs: Mutex::new(Some(tx)),
+            closed: AtomicBool::new(false),
             pending: Arc::new(Mutex::new(Pending::default())),
             sealing: Arc::default(),
             segments,
@@ -429,12 +443,7 @@ impl AuditLog {
         let ready = |result| Logged {
             state: LoggedState::Ready(Some(result)),
         };
-        if self
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none()
-        {
+        if self.closed.load(Ordering::Acquire) {
             return ready(Err(Error::Closed));
         }
         let (waiter, schedule) = {
@@ -566,6 +575,7 @@ impl AuditLog {
     /// the uploads. Returns whether the spool emptied; what remains is uploaded at next open.
     pub async fn close(&self, timeout: Duration) -> bool {
         let emptied = self.flush(timeout).await;
+        self.closed.store(true, Ordering::Release);
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(writer) = writer {
@@ -626,7 +636,10 @@ fn recover(dir: &Path) -> Result<u64> {
 struct Segment {
     file: File,
     path: PathBuf,
+    /// The segment's bytes (a directly written file is longer: zeros up to a block).
     bytes: u64,
+    /// Written around the page cache: its bytes after the last whole block.
+    direct: Option<direct::Tail>,
     records: u64,
     opened: Instant,
 }
@@ -642,6 +655,10 @@ struct Segments {
     /// The last segment number used: microseconds since the epoch, kept increasing.
     last_segment: u64,
     uploader: Uploader,
+    /// The aligned memory of direct writes, allocated at the first.
+    direct_buffer: Option<direct::AlignedBuffer>,
+    /// Whether the spool's file system refused direct writes (then warned about, once).
+    direct_refused: bool,
 }
 
 fn lock(segments: &Mutex<Segments>) -> std::sync::MutexGuard<'_, Segments> {
@@ -793,10 +810,16 @@ impl Segments {
         let Some(segment) = self.open.get_mut(partition) else {
             return Ok(None);
         };
-        segment
-            .file
-            .write_all(bytes)
-            .map_err(|e| Error::io(&segment.path, e))?;
+        let written = match &mut segment.direct {
+            Some(tail) => {
+                let buffer = self
+                    .direct_buffer
+                    .get_or_insert_with(direct::AlignedBuffer::new);
+                tail.append(&segment.file, segment.bytes, bytes, buffer)
+            }
+            None => segment.file.write_all(bytes),
+        };
+        written.map_err(|e| Error::io(&segment.path, e))?;
         segment.bytes += bytes.len() as u64;
         segment.records += records;
         if sync {
@@ -825,15 +848,31 @@ impl Segments {
             .config
             .spool_dir
             .join(format!("{}.{OPEN}", partition.spool_name(&name)));
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
+        let mut options = OpenOptions::new();
+        // A direct file is written at offsets: not in append mode, where Linux ignores them.
+        options.create_new(true).append(!self.config.direct_writes);
+        let file = options
+            .write(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
+        let direct = self.config.direct_writes && !self.direct_refused;
+        let direct = direct
+            && match direct::enable(&file) {
+                Ok(()) => true,
+                Err(e) => {
+                    self.direct_refused = true;
+                    tracing::warn!(
+                        "the audit spool {} does not take direct writes ({e}): written through the page cache",
+                        self.config.spool_dir.display()
+                    );
+                    false
+                }
+            };
         Ok(Segment {
             file,
             path,
             bytes: 0,
+            direct: direct.then(direct::Tail::default),
             records: 0,
             opened: Instant::now(),
         })
@@ -859,6 +898,18 @@ impl Segments {
 /// Closes a segment and renames it sealed, so the uploader takes it. Done outside the
 /// segments' lock: its fsync may take milliseconds.
 fn seal(segment: Segment, uploader: &Uploader) {
+    // A directly written file ends in zeros up to a block. Left uncut, it stays open: the
+    // next start cuts it after its last line.
+    if segment.direct.is_some()
+        && let Err(e) = segment.file.set_len(segment.bytes)
+    {
+        tracing::error!(
+            "cannot cut {} to its {} bytes: {e}; it is sealed at the next start",
+            segment.path.display(),
+            segment.bytes
+        );
+        return;
+    }
     // Sealed segments are fsynced whatever the durability: the uploader may delete the
     // source of truth only after a complete copy exists somewhere.
     if let Err(e) = segment.file.sync_all() {

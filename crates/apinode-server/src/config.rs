@@ -80,6 +80,9 @@ pub(crate) struct AuditFile {
     pub(crate) segment_max_age_ms: Option<u64>,
     /// How long `async` records may wait for their batch's write (default 5).
     pub(crate) async_window_ms: Option<u64>,
+    /// Whether segments are written around the page cache (default: with `async` and
+    /// `fsync`, whose writes are made off the request path).
+    pub(crate) direct_writes: Option<bool>,
     /// Names this node's segments (default: the host name).
     pub(crate) node_id: Option<String>,
     pub(crate) deployment_id: Option<String>,
@@ -163,6 +166,9 @@ impl AuditFile {
             .unwrap_or_else(|| data_dir.join("audit-spool"));
         let mut log = AuditConfig::new(spool_dir, node_id);
         log.on_full = on_full;
+        log.direct_writes = self
+            .direct_writes
+            .unwrap_or(durability != Durability::Write);
         if let Some(cap) = self.spool_cap_bytes {
             log.spool_cap_bytes = cap;
         }
@@ -644,6 +650,10 @@ dss-warehouse = "warehouse"
         assert_eq!(defaults.log.spool_dir, PathBuf::from("/srv/d/audit-spool"));
         assert_eq!(defaults.durability, Durability::Write);
         assert_eq!(defaults.log.on_full, FullPolicy::Reject);
+        assert!(
+            !defaults.log.direct_writes,
+            "write batches run on the runtime: buffered"
+        );
         assert!(!defaults.log.node_id.is_empty());
         std::fs::write(
             &path,
@@ -676,11 +686,27 @@ payloads = false
         assert_eq!(audit.log.spool_cap_bytes, 1000);
         assert_eq!(audit.log.segment_max_age, Duration::from_millis(250));
         assert_eq!(audit.log.async_window, Duration::from_millis(2));
+        assert!(
+            audit.log.direct_writes,
+            "fsync batches run on the writer thread: direct"
+        );
         assert_eq!(audit.log.node_id, "node-1-a");
         assert_eq!(audit.deployment_id.as_deref(), Some("prod"));
         let shop = audit.services["shop"];
         assert_eq!((shop.sample, shop.payloads), (0.25, false));
         assert_eq!(shop.max_payload_bytes, 64 << 10);
+
+        std::fs::write(
+            &path,
+            "[audit]\ndurability = \"async\"\ndirect_writes = false\n",
+        )
+        .unwrap();
+        let audit = NodeConfig::resolve(Some(&path), None, None)
+            .unwrap()
+            .audit
+            .unwrap();
+        assert_eq!(audit.durability, Durability::Async);
+        assert!(!audit.log.direct_writes);
 
         std::fs::write(&path, "[audit]\nenabled = false\n").unwrap();
         assert!(

@@ -258,6 +258,65 @@ async fn async_records_are_written_at_the_end_of_their_window() {
     assert!(log.close(Duration::from_secs(10)).await);
 }
 
+/// Segments written around the page cache (`direct_writes`): every record reaches the store
+/// once, at every durability, through batches larger than one direct write and segments
+/// sealed by size; each stored segment ends with its last line (the padding to a block cut).
+#[tokio::test]
+async fn directly_written_segments_reach_the_store_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, spool) = log_in(dir.path(), |c| {
+        c.direct_writes = true;
+        c.segment_max_bytes = 1 << 20;
+    })
+    .await;
+    let mut large = record("churn", 0, 9);
+    large.error_message = Some("x".repeat(300 << 10).into());
+    // More than a MiB of `async` records: one batch, written in two chunks.
+    for id in 0..5 {
+        large.request_id = format!("req-{id}").into();
+        log.log(&large, Durability::Async).await.unwrap();
+    }
+    for id in 5..60 {
+        let durability = [Durability::Async, Durability::Write, Durability::Fsync][id % 3];
+        log.log(&record("churn", id, 9), durability).await.unwrap();
+        if durability == Durability::Write {
+            // Acknowledged: in the open segment's file, before the zeros that pad it.
+            let open = walk(&spool)
+                .into_iter()
+                .find(|p| p.extension().is_some_and(|e| e == "open"))
+                .unwrap();
+            let text = std::fs::read(&open).unwrap();
+            let text = String::from_utf8_lossy(&text);
+            assert!(
+                text.contains(&format!("\"req-{id}\"")),
+                "req-{id} not in {open:?}"
+            );
+        }
+    }
+    assert!(log.close(Duration::from_secs(10)).await);
+    let root = dir.path().join("store");
+    let lines = stored(&root);
+    let mut ids: Vec<&str> = lines
+        .iter()
+        .map(|(_, v)| v["request_id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!((lines.len(), ids.len()), (60, 60));
+    let objects = walk(&root);
+    assert!(objects.len() >= 2, "sealed by size: {objects:?}");
+    for object in objects {
+        let bytes = std::fs::read(&object).unwrap();
+        assert!(bytes.ends_with(b"\n"), "{object:?} ends mid-line");
+        assert!(!bytes.contains(&0), "{object:?} keeps its padding");
+    }
+    let metrics = log.metrics();
+    assert_eq!(
+        (metrics.written, metrics.uploaded, metrics.spool_bytes),
+        (60, 60, 0)
+    );
+}
+
 #[tokio::test]
 async fn a_spool_left_by_a_stopped_run_is_recovered_and_uploaded() {
     a_spool_left_by_a_stopped_run_is_recovered(false).await;
@@ -287,6 +346,14 @@ async fn a_spool_left_by_a_stopped_run_is_recovered(by_path: bool) {
         "{\"request_id\":\"c\"}\n",
     )
     .unwrap();
+    // An open segment written around the page cache: its lines, then zeros to a block.
+    let mut padded = b"{\"request_id\":\"d\"}\n".to_vec();
+    padded.resize(4096, 0);
+    std::fs::write(
+        spool.join("queries~churn~2026-12-05~08~node1-0000000000000002.open"),
+        padded,
+    )
+    .unwrap();
     let sealed_inode =
         std::fs::metadata(spool.join("queries~churn~2026-12-05~06~node1-0000000000000000.jsonl"))
             .unwrap()
@@ -303,7 +370,7 @@ async fn a_spool_left_by_a_stopped_run_is_recovered(by_path: bool) {
         .iter()
         .map(|(_, v)| v["request_id"].as_str().unwrap())
         .collect();
-    assert_eq!(lines.len(), 3, "{ids:?}");
+    assert_eq!(lines.len(), 4, "{ids:?}");
     let uploaded = root.join("service=churn/date=2026-12-05/hour=06/node1-0000000000000000.jsonl");
     assert_eq!(
         std::fs::metadata(&uploaded).unwrap().ino() == sealed_inode,
@@ -311,7 +378,7 @@ async fn a_spool_left_by_a_stopped_run_is_recovered(by_path: bool) {
         "moved into a store opened by its path, copied into any other"
     );
     let metrics = log.metrics();
-    assert_eq!((metrics.uploaded, metrics.spool_bytes), (3, 0));
+    assert_eq!((metrics.uploaded, metrics.spool_bytes), (4, 0));
 }
 
 #[tokio::test]
