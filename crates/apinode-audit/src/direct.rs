@@ -1,11 +1,12 @@
 //! Segment files written around the page cache (`O_DIRECT`), in whole blocks.
 //!
 //! Why: a buffered write pays the kernel for every page it fills (a page-cache page, its
-//! buffer heads, its dirty accounting, then its writeback when the segment is sealed): about
-//! 1.3 to 1.9 µs per 4 KiB on the bench machines, against 0.4 to 0.5 µs written direct in
-//! chunks of a MiB (docs/benchmarks.md). The price is that a direct write returns once the
-//! disk has the bytes, so only the writes made off the request path use it (`async` batches,
-//! on the blocking pool; `fsync` batches, on the writer thread).
+//! buffer heads, its dirty accounting), and again when the seal's fsync writes it back: about
+//! 1.1 µs of CPU per 4 KiB in writes of 256 KiB on the bench machine, against 0.56 µs direct
+//! (0.34 against 1.0–1.3 in writes of a MiB; docs/benchmarks.md, sixth pass). A direct write
+//! has a fixed cost, so below 64 KiB it is the dearer one, and it returns once the disk has the
+//! bytes: only writes made off the request path use it (`async` batches, on the blocking
+//! pool; `fsync` batches, on the writer thread, whose fsync then has no pages to write back).
 //!
 //! A direct write must cover whole blocks, from memory aligned to a block. A segment is
 //! written from its last partial block on: the bytes after its last whole block (its tail)

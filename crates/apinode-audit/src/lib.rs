@@ -9,7 +9,9 @@
 //! with one `write` per segment: by the caller's runtime once the queries of the same instant
 //! have joined it when a `write` record waits for it, else on the runtime's blocking pool at
 //! the end of the `async` window; an `fsync` record is serialized too and queued to the writer thread, which
-//! group-commits whatever is queued and fsyncs. A record is borrowed ([`AuditRecord`]'s text
+//! group-commits whatever is queued and fsyncs. With [`AuditConfig::direct_writes`] (for
+//! logs whose writes are made off the request path) segments are written around the page
+//! cache, in whole blocks. A record is borrowed ([`AuditRecord`]'s text
 //! is `Cow`) and nothing of it is kept, so a caller can log from its own state without copying
 //! it. The returned [`Logged`] resolves when the record is as durable as
 //! asked ([`Durability`]): at once (`async`), once its batch is written to the spool file
