@@ -20,7 +20,8 @@
 //!   `write` and `fsync`); `referenced` (`benches/http/referenced.rs`: the lookup and SQL
 //!   endpoints on a PostgreSQL table against a bare tokio-postgres loop; the database from
 //!   `APINODE_BENCH_PG_URL`, else `APINODE_TEST_PG_URL`, else the local `test` database);
-//!   `scoring` (`crates/apinode-scoring/benches/scoring.rs`): apinode-scoring against
+//!   `audit_log` (`crates/apinode-audit/benches/audit_log.rs`: the log's own CPU per record in
+//!   process, per durability mode, buffered or direct); `scoring` (`crates/apinode-scoring/benches/scoring.rs`): apinode-scoring against
 //!   `dataiku-scoring` in the Python virtualenv, on the models and rows
 //!   `crates/apinode-scoring/tests/python/make_bench_models.py` generates. ARGS go to the
 //!   benchmark (a criterion filter, for instance).
@@ -52,14 +53,16 @@ const PYTHON_TESTS: &str = "crates/apinode-server/tests/python";
 const SCORING_GENERATOR: &str = "crates/apinode-scoring/tests/python/make_models.py";
 /// Writes the scoring benchmark's models and rows (it imports `SCORING_GENERATOR`'s helpers).
 const SCORING_BENCH_GENERATOR: &str = "crates/apinode-scoring/tests/python/make_bench_models.py";
-/// The benchmarks in `benches/` and their packages (`http` is its own package so its release
-/// build does not compile DataFusion); `scoring` lives in its crate.
+/// The benchmarks and their packages: those in `benches/` (`http` is its own package so its
+/// release build does not compile DataFusion), and the audit log's in its crate; `scoring`,
+/// which needs its models generated first, apart.
 const BENCHES: &[(&str, &str)] = &[
     ("lookup", "apinode-benches"),
     ("http", "apinode-bench-http"),
     ("python", "apinode-bench-http"),
     ("audit", "apinode-bench-http"),
     ("referenced", "apinode-bench-http"),
+    ("audit_log", "apinode-audit"),
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -87,7 +90,7 @@ fn main() -> anyhow::Result<()> {
                     bench_apinode(&root, Some(name), &rest)
                 }
                 Some(other) => bail!(
-                    "no benchmark named `{other}`: the benchmarks are lookup, http, python, audit, referenced and scoring"
+                    "no benchmark named `{other}`: the benchmarks are lookup, http, python, audit, referenced, audit_log and scoring"
                 ),
             }
         }
