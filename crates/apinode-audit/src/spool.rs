@@ -7,9 +7,9 @@
 //! of every query answered in the same scheduler pass join the batch), then writes the batch
 //! with one `write` per segment and wakes the batch's `write` waiters. A batch of `async`
 //! records only is flushed at the end of its window (`async_window`, 5 ms by default) or once
-//! it holds a MiB, whichever comes first, on the runtime's blocking pool: nobody waits for it,
-//! larger batches make fewer, cheaper writes, and a write the kernel holds up does not stall
-//! the runtime. Segments a flush fills are sealed on the blocking pool too. `fsync` records
+//! it holds `async_batch_bytes` (a MiB by default), whichever comes first, on the runtime's
+//! blocking pool: nobody waits for it, larger batches make fewer, cheaper writes, and a write
+//! the kernel holds up does not stall the runtime. Segments a flush fills are sealed on the blocking pool too. `fsync` records
 //! are serialized by the caller too and queued to a writer thread, which group-commits them
 //! (one `write` per segment per batch, one `fsync` per batch) away from the runtime's
 //! workers; it also seals segments that grew old.
@@ -82,6 +82,9 @@ pub struct AuditConfig {
     /// How long `async` records wait for their batch's `write` at most: the window a crash
     /// of the node may lose. Longer windows make larger batches (fewer, cheaper writes).
     pub async_window: Duration,
+    /// An `async` batch this large is written at once, without waiting for the end of its
+    /// window.
+    pub async_batch_bytes: usize,
     /// Writes segments around the page cache (`O_DIRECT`, in whole blocks): a fraction of the
     /// kernel's cost per byte, but each write waits for the disk, so it suits logs whose writes
     /// are made off the request path (`async` batches on the blocking pool, `fsync` batches on
@@ -101,6 +104,7 @@ impl AuditConfig {
             on_full: FullPolicy::Reject,
             queue_capacity: 65_536,
             async_window: Duration::from_millis(5),
+            async_batch_bytes: 1 << 20,
             direct_writes: false,
         }
     }
@@ -267,9 +271,6 @@ struct PendingBatch {
     soon: bool,
     done: Arc<Flushed>,
 }
-
-/// An `async` batch this large is flushed without waiting for the end of its window.
-const ASYNC_BATCH_BYTES: usize = 1 << 20;
 
 /// When and where a pending batch is written.
 enum Flush {
@@ -480,7 +481,7 @@ impl AuditLog {
             } else if durability == Durability::Write {
                 batch.soon = true;
                 Some(Flush::AfterThisPass)
-            } else if batch.bytes >= ASYNC_BATCH_BYTES {
+            } else if batch.bytes >= self.config.async_batch_bytes {
                 batch.soon = true;
                 Some(Flush::Blocking(None))
             } else if first {

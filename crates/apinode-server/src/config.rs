@@ -80,6 +80,8 @@ pub(crate) struct AuditFile {
     pub(crate) segment_max_age_ms: Option<u64>,
     /// How long `async` records may wait for their batch's write (default 5).
     pub(crate) async_window_ms: Option<u64>,
+    /// An `async` batch this large is written without waiting for its window (default 1 MiB).
+    pub(crate) async_batch_bytes: Option<usize>,
     /// Whether segments are written around the page cache (default: with `async` and
     /// `fsync`, whose writes are made off the request path).
     pub(crate) direct_writes: Option<bool>,
@@ -192,6 +194,13 @@ impl AuditFile {
                 "{shown}: [audit] async_window_ms must be between 1 and 1000, got {ms}"
             );
             log.async_window = Duration::from_millis(ms);
+        }
+        if let Some(bytes) = self.async_batch_bytes {
+            anyhow::ensure!(
+                (4096..=64 << 20).contains(&bytes),
+                "{shown}: [audit] async_batch_bytes must be between 4096 and 67108864, got {bytes}"
+            );
+            log.async_batch_bytes = bytes;
         }
         let mut services = BTreeMap::new();
         for (id, s) in self.services {
@@ -665,6 +674,7 @@ on_full = "drop"
 spool_cap_bytes = 1000
 segment_max_age_ms = 250
 async_window_ms = 2
+async_batch_bytes = 65536
 node_id = "node 1/a"
 deployment_id = "prod"
 [audit.options]
@@ -686,6 +696,7 @@ payloads = false
         assert_eq!(audit.log.spool_cap_bytes, 1000);
         assert_eq!(audit.log.segment_max_age, Duration::from_millis(250));
         assert_eq!(audit.log.async_window, Duration::from_millis(2));
+        assert_eq!(audit.log.async_batch_bytes, 65536);
         assert!(
             audit.log.direct_writes,
             "fsync batches run on the writer thread: direct"
