@@ -8,15 +8,15 @@
 //! pending batch, which is written to the open segments (one per stream, service and hour)
 //! with one `write` per segment: by the caller's runtime once the queries of the same instant
 //! have joined it when a `write` record waits for it, else on the runtime's blocking pool at
-//! the end of the `async` window; an `fsync` record is serialized too and queued to the writer thread, which
-//! group-commits whatever is queued and fsyncs. With [`AuditConfig::direct_writes`] (for
-//! logs whose writes are made off the request path) segments are written around the page
-//! cache, in whole blocks. A record is borrowed ([`AuditRecord`]'s text
-//! is `Cow`) and nothing of it is kept, so a caller can log from its own state without copying
-//! it. The returned [`Logged`] resolves when the record is as durable as
-//! asked ([`Durability`]): at once (`async`), once its batch is written to the spool file
-//! (`write`: a killed process loses nothing), or once fsynced (`fsync`: a machine crash loses
-//! nothing). Segments are sealed by size or age and uploaded (moved, into a local directory
+//! the end of the `async` window; an `fsync` record is serialized too and queued to the
+//! writer thread, which group-commits whatever is queued and fsyncs. With
+//! [`AuditConfig::direct_writes`] (for logs whose writes are made off the request path)
+//! segments are written around the page cache, in whole blocks. A record is borrowed
+//! ([`AuditRecord`]'s text is `Cow`) and nothing of it is kept, so a caller can log from its
+//! own state without copying it. The returned [`Logged`] resolves when the record is as
+//! durable as asked ([`Durability`]): at once (`async`), once its batch is written to the
+//! spool file (`write`: a killed process loses nothing), or once fsynced (`fsync`: a machine
+//! crash loses nothing). Segments are sealed by size or age and uploaded (moved, into a local directory
 //! on the same file system); a segment is deleted only after its upload succeeded, so a store
 //! that is down only makes the spool grow, up to a cap with a chosen policy ([`FullPolicy`]).
 //!

@@ -9,10 +9,10 @@
 //! records only is flushed at the end of its window (`async_window`, 5 ms by default) or once
 //! it holds `async_batch_bytes` (a MiB by default), whichever comes first, on the runtime's
 //! blocking pool: nobody waits for it, larger batches make fewer, cheaper writes, and a write
-//! the kernel holds up does not stall the runtime. Segments a flush fills are sealed on the blocking pool too. `fsync` records
-//! are serialized by the caller too and queued to a writer thread, which group-commits them
-//! (one `write` per segment per batch, one `fsync` per batch) away from the runtime's
-//! workers; it also seals segments that grew old.
+//! the kernel holds up does not stall the runtime. Segments a flush fills are sealed on the
+//! blocking pool too. `fsync` records are serialized by the caller too and queued to a writer
+//! thread, which group-commits them (one `write` per segment per batch, one `fsync` per batch)
+//! away from the runtime's workers; it also seals segments that grew old.
 //!
 //! Files in the spool directory: `<partition>~<segment>.open` (being written) and
 //! `<partition>~<segment>.jsonl` (sealed, waiting for upload). Only the segments' owner

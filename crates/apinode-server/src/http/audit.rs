@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use smallvec::SmallVec;
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -175,7 +175,7 @@ pub(crate) struct RequestId([u8; 32]);
 
 thread_local! {
     /// The thread's keys and its count of ids.
-    static REQUEST_IDS: std::cell::Cell<Option<([u64; 2], u64)>> = const { std::cell::Cell::new(None) };
+    static REQUEST_IDS: Cell<Option<([u64; 2], u64)>> = const { Cell::new(None) };
 }
 
 impl RequestId {
