@@ -21,7 +21,8 @@
 //!   endpoints on a PostgreSQL table against a bare tokio-postgres loop; the database from
 //!   `APINODE_BENCH_PG_URL`, else `APINODE_TEST_PG_URL`, else the local `test` database);
 //!   `audit_log` (`crates/apinode-audit/benches/audit_log.rs`: the log's own CPU per record in
-//!   process, per durability mode, buffered or direct); `scoring` (`crates/apinode-scoring/benches/scoring.rs`): apinode-scoring against
+//!   process, per durability mode, buffered or direct; built without the log reader, and without
+//!   the release `apinode`, which only the HTTP benchmarks drive); `scoring` (`crates/apinode-scoring/benches/scoring.rs`): apinode-scoring against
 //!   `dataiku-scoring` in the Python virtualenv, on the models and rows
 //!   `crates/apinode-scoring/tests/python/make_bench_models.py` generates. ARGS go to the
 //!   benchmark (a criterion filter, for instance).
@@ -100,8 +101,14 @@ fn main() -> anyhow::Result<()> {
 
 /// The benchmarks in `benches/`, one or all, after the release `apinode` binary.
 fn bench_apinode(root: &Path, name: Option<&str>, args: &[String]) -> anyhow::Result<()> {
-    // The HTTP benchmarks drive the release `apinode` binary: build it first.
-    run(cargo().args(["build", "--release", "--locked", "-p", "apinode-server"]))?;
+    // The HTTP benchmarks drive the release `apinode` binary: build it first (the others run
+    // in process and do not need it).
+    let drives_the_binary = BENCHES.iter().any(|(bench, package)| {
+        *package == "apinode-bench-http" && name.is_none_or(|n| n == *bench)
+    });
+    if drives_the_binary {
+        run(cargo().args(["build", "--release", "--locked", "-p", "apinode-server"]))?;
+    }
     let bench_python = match name {
         None | Some("python") => Some(step("bench virtualenv (FastAPI + uvicorn)", || {
             bench_python_venv(root)
@@ -118,6 +125,10 @@ fn bench_apinode(root: &Path, name: Option<&str>, args: &[String]) -> anyhow::Re
             // Both engines in the process get malloc's transparent huge pages, as `apinode
             // serve` gives itself (crates/apinode-server/src/huge_pages.rs).
             command.env("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1");
+        }
+        if *bench == "audit_log" {
+            // It only writes the log: without the reader, its release build skips DataFusion.
+            command.arg("--no-default-features");
         }
         if let Some(python) = bench_python.as_ref().filter(|_| *bench == "python") {
             command.env("APINODE_BENCH_PYTHON", python);

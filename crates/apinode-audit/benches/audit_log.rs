@@ -8,8 +8,8 @@
 //! CPU time moves less than throughput on a shared host. Records are logged 16 at a time and
 //! then awaited (one scheduler pass's queries, group-committed as on a busy node).
 //!
-//! `cargo xtask bench audit_log` (`cargo bench -p apinode-audit --bench audit_log`); CI runs it
-//! once in test mode. The spool and store go under `APINODE_BENCH_DIR` (default: the system's
+//! `cargo xtask bench audit_log` (`cargo bench -p apinode-audit --no-default-features --bench
+//! audit_log`: without the reader, no DataFusion to build); CI runs it once in test mode. The spool and store go under `APINODE_BENCH_DIR` (default: the system's
 //! temporary directory), which should be on the file system a node's spool would be on (one
 //! without direct I/O, tmpfs before Linux 6.6, makes the `direct` cases buffered).
 
