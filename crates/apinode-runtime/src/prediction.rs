@@ -4,8 +4,8 @@
 
 use crate::error::{Error, Result};
 use crate::generation::PredictEndpoint;
-use apinode_lookup::{EnrichError, Enriched, Enrichment};
-use apinode_scoring::{IgnoreReason, PredictedValue, Prediction, Predictions};
+use apinode_lookup::{EnrichError, Enriched, Enrichment, JsonRef};
+use apinode_scoring::{Cell, IgnoreReason, PredictedValue, Prediction, Predictions};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::ops::Range;
@@ -188,6 +188,32 @@ impl PredictEndpoint {
         self.answer(&[features], false)
     }
 
+    /// `predict` of features read without a tree (`CallBody::PredictFeatures`): scored
+    /// straight from `features` when there is nothing to enrich and no `postEnrich` to answer;
+    /// otherwise from the `Map` they make. Either way the answer is the tree's, byte for byte.
+    pub(crate) fn predict_features(
+        &self,
+        features: &dyn apinode_lookup::Record,
+    ) -> Result<PredictOutput> {
+        if !self.enrichment.is_empty() || self.return_post_enrich {
+            let features = features.to_map();
+            return self.answer(&[&features], false);
+        }
+        let start = Instant::now();
+        let prediction = self
+            .model
+            .predict(&FeatureCells(features))
+            .map_err(|source| Error::Scoring { item: None, source })?;
+        let mut buffer = Vec::with_capacity(96 + 32 * prediction.probabilities.len());
+        write_result(&prediction, None, &mut buffer);
+        Ok(PredictOutput {
+            items: std::iter::once(0..buffer.len()).collect(),
+            buffer,
+            enrich_micros: 0,
+            predict_micros: start.elapsed().as_micros() as u64,
+        })
+    }
+
     /// `predict-multi`: `{"items": [{"features": {...}}, ...]}`, scored as one batch.
     pub(crate) fn predict_multi(&self, body: &Value) -> Result<PredictOutput> {
         refuse_explanations(body)?;
@@ -302,6 +328,25 @@ impl PredictEndpoint {
                 }
                 Err((0, error))
             }
+        }
+    }
+}
+
+/// A record's features as the model reads them, from a record parsed without a tree: the same
+/// cells as the `Map` of the same JSON gives (`Cell::Json` flattened).
+struct FeatureCells<'a>(&'a dyn apinode_lookup::Record);
+
+impl apinode_scoring::Record for FeatureCells<'_> {
+    fn cell(&self, column: &str, _: usize) -> Cell<'_> {
+        match self.0.field(column) {
+            None | Some(JsonRef::Null) => Cell::Null,
+            Some(JsonRef::Bool(b)) => Cell::Bool(b),
+            Some(JsonRef::Number(n)) => match n.as_i64() {
+                Some(i) => Cell::Int(i),
+                None => Cell::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Some(JsonRef::Str(s)) => Cell::Str(s),
+            Some(JsonRef::Other(v)) => Cell::Json(v),
         }
     }
 }

@@ -119,6 +119,11 @@ pub enum CallBody<'a> {
     /// for a body that holds nothing else the runtime reads. An in-memory lookup reads its
     /// keys straight from it; any other endpoint gets the tree `{"data": ...}` built from it.
     LookupData(&'a (dyn Record + 'a)),
+    /// A `predict` call's `features` object, parsed without a tree, for a body that holds
+    /// nothing else the runtime reads (no `dispatch`, explanations not asked for). A model
+    /// scored here without enrichment reads its features straight from it; any other endpoint
+    /// gets the tree `{"features": ...}` built from it.
+    PredictFeatures(&'a (dyn Record + 'a)),
 }
 
 impl CallBody<'_> {
@@ -126,9 +131,13 @@ impl CallBody<'_> {
     fn json(&self) -> Cow<'_, Value> {
         match self {
             CallBody::Json(body) => Cow::Borrowed(body),
-            CallBody::LookupData(data) => {
+            CallBody::LookupData(record) | CallBody::PredictFeatures(record) => {
+                let name = match self {
+                    CallBody::LookupData(_) => "data",
+                    _ => "features",
+                };
                 let mut body = serde_json::Map::new();
-                body.insert("data".into(), Value::Object(data.to_map()));
+                body.insert(name.into(), Value::Object(record.to_map()));
                 Cow::Owned(Value::Object(body))
             }
         }
@@ -382,9 +391,11 @@ impl Runtime {
         let result = match (&endpoint.handler, request.action) {
             (Handler::Lookup(lookup), Action::Lookup) => lookup_single(lookup, request.body),
             (Handler::Lookup(lookup), _) => lookup_multi(lookup, &request.body.json()),
-            (Handler::Predict(predict), Action::Predict) => {
-                predict.predict(&request.body.json()).map(Output::Predict)
+            (Handler::Predict(predict), Action::Predict) => match request.body {
+                CallBody::PredictFeatures(features) => predict.predict_features(features),
+                _ => predict.predict(&request.body.json()),
             }
+            .map(Output::Predict),
             (Handler::Predict(predict), _) => predict
                 .predict_multi(&request.body.json())
                 .map(Output::Predict),
@@ -961,6 +972,8 @@ fn lookup_single(lookup: &apinode_lookup::Lookup, body: CallBody<'_>) -> Result<
     let found = match body {
         CallBody::LookupData(data) => lookup.find(data),
         CallBody::Json(body) => lookup.find(lookup_data(body)?),
+        // Not a lookup's body: read as its tree, which says what is missing.
+        other @ CallBody::PredictFeatures(_) => lookup.find(lookup_data(&other.json())?),
     }
     .map_err(|source| Error::Lookup { item: None, source })?;
     let mut out = LookupOutput {

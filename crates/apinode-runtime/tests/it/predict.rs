@@ -1,9 +1,13 @@
 //! `prediction` and `clustering` endpoints through the runtime: enrichment from a bundled
 //! dataset, the missing / no match / several matches behaviours, `predict-multi` order, the
-//! `result` shape, and errors that name the item and the feature.
+//! `result` shape, errors that name the item and the feature, and features read without a
+//! tree answered as from one.
 
-use super::{ADMIN, Node, build_bundle};
-use apinode_runtime::{Action, CallResponse, Dispatch, Error, Output};
+use super::{ADMIN, KEY, Node, build_bundle};
+use apinode_lookup::JsonRecord;
+use apinode_runtime::{
+    Action, CallBody, CallRequest, CallResponse, Credentials, Dispatch, Error, Output,
+};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::Path;
@@ -60,6 +64,11 @@ dataset = "customers"
 keys = [{ column = "id", input = "customer" }]
 columns = ["score", { column = "city", output = "town" }]
 on_no_match = "null"
+
+[[endpoints]]
+id = "spend-plain"
+kind = "prediction"
+model = { path = "models/spend" }
 
 [[endpoints]]
 id = "spend-by-country"
@@ -174,6 +183,61 @@ fn predictions_are_enriched_then_scored() {
         "{err}"
     );
     assert_eq!(err.to_string(), "enrich[0]: missing lookup key `customer`");
+}
+
+/// `predict` with its features in a `JsonRecord` (the server's path for a plain body): scored
+/// straight from it by a model without enrichment, through the tree's `Map` otherwise; the
+/// answer, or the error, is the one the tree gives, byte for byte.
+#[test]
+fn a_prediction_reads_its_features_from_a_record_as_from_a_tree() {
+    let node = serving(ENDPOINTS);
+    let answer = |endpoint: &str, body: CallBody<'_>| match node.runtime.call(&CallRequest {
+        service: "customers",
+        endpoint,
+        action: Action::Predict,
+        body,
+        dispatch: Dispatch::default(),
+        credentials: Credentials::ApiKey(KEY),
+    }) {
+        Ok(response) => {
+            let Output::Predict(output) = &response.output else {
+                panic!("not a prediction: {:?}", response.output);
+            };
+            String::from_utf8(output.result(0).to_vec()).unwrap()
+        }
+        Err(e) => format!("error: {e}"),
+    };
+    for features in [
+        r#"{"score": 2, "basket": 3}"#,
+        r#"{"score": 2.5, "basket": -1e3}"#,
+        r#"{"score": "4", "basket": " 1.5 "}"#,
+        r#"{"score": 9007199254740993, "basket": 18446744073709551615}"#,
+        r#"{"score": null, "basket": 1}"#,
+        r#"{"score": "", "basket": true}"#,
+        r#"{"score": false}"#,
+        r#"{}"#,
+        r#"{"score": "x", "basket": 1}"#,
+        r#"{"score": [1], "basket": 1}"#,
+        r#"{"score": {"a": 1}, "basket": 1}"#,
+        r#"{"score": 1, "score": 3, "basket": 1, "other": "\u00e9\n"}"#,
+        r#"{"customer": 2, "basket": 3}"#,
+        r#"{"customer": 99, "basket": 3}"#,
+        r#"{"basket": 3}"#,
+    ] {
+        let record: JsonRecord<'_> = serde_json::from_str(features).unwrap();
+        let tree: Value = serde_json::from_str(features).unwrap();
+        let body = json!({ "features": tree });
+        for endpoint in ["spend-plain", "spend", "spend-strict"] {
+            let by_tree = answer(endpoint, CallBody::Json(&body));
+            let by_record = answer(endpoint, CallBody::PredictFeatures(&record));
+            assert_eq!(by_record, by_tree, "{endpoint} {features}");
+        }
+    }
+    let plain: JsonRecord<'_> = serde_json::from_str(r#"{"score": 2, "basket": 3}"#).unwrap();
+    assert_eq!(
+        answer("spend-plain", CallBody::PredictFeatures(&plain)),
+        r#"{"prediction":17.0,"ignored":false}"#
+    );
 }
 
 #[test]

@@ -104,7 +104,7 @@ impl NodeAudit {
             policy,
             action: None,
             body: None,
-            lookup: None,
+            plain: None,
             generation: None,
             key_id: None,
             kind: None,
@@ -236,7 +236,7 @@ pub(crate) struct QueryAudit {
     policy: ServicePolicy,
     action: Option<Action>,
     body: Option<Value>,
-    lookup: Option<LookupRequest>,
+    plain: Option<PlainRequest>,
     generation: Option<Arc<str>>,
     key_id: Option<String>,
     kind: Option<&'static str>,
@@ -246,8 +246,8 @@ pub(crate) struct QueryAudit {
     failure: Option<(u16, String, String)>,
 }
 
-/// A lookup read without a tree ([`QueryAudit::lookup_request`]).
-struct LookupRequest {
+/// A lookup or a prediction read without a tree ([`QueryAudit::plain_request`]).
+struct PlainRequest {
     /// Its inputs, written at the start of the scratch text, and whether they were cut;
     /// `None` with payloads off.
     inputs: Option<(Range<usize>, bool)>,
@@ -323,10 +323,15 @@ impl QueryAudit {
         self.body = Some(body);
     }
 
-    /// A `lookup` whose body was read without a tree: its `data` (the record's inputs, written
-    /// now, as the tree's would be) and its `context`, if any.
-    pub(super) fn lookup_request(&mut self, data: &JsonRecord<'_>, context: Option<&RawValue>) {
-        self.action = Some(Action::Lookup);
+    /// A `lookup` or `predict` whose body was read without a tree: its `data` or `features`
+    /// (the record's inputs, written now, as the tree's would be) and its `context`, if any.
+    pub(super) fn plain_request(
+        &mut self,
+        action: Action,
+        data: &JsonRecord<'_>,
+        context: Option<&RawValue>,
+    ) {
+        self.action = Some(action);
         let scratch = &mut self.scratch;
         let inputs = self.policy.payloads.then(|| {
             let start = scratch.text.len();
@@ -336,7 +341,7 @@ impl QueryAudit {
             (start..scratch.text.len(), cut)
         });
         let context = context.and_then(|raw| serde_json::from_str(raw.get()).ok());
-        self.lookup = Some(LookupRequest { inputs, context });
+        self.plain = Some(PlainRequest { inputs, context });
     }
 
     pub(super) fn answered_by(
@@ -403,7 +408,7 @@ impl QueryAudit {
             policy,
             action,
             body,
-            lookup,
+            plain,
             generation,
             key_id,
             kind,
@@ -439,12 +444,11 @@ impl QueryAudit {
         base.endpoint_kind = kind.map(Cow::Borrowed);
         base.generation = generation.as_deref().map(Cow::Borrowed);
         base.api_key_id = key_id.as_deref().map(Cow::Borrowed);
-        let (lookup_inputs, lookup_context) =
-            lookup.map_or((None, None), |l| (l.inputs, l.context));
+        let (plain_inputs, plain_context) = plain.map_or((None, None), |p| (p.inputs, p.context));
         base.context = body
             .as_ref()
             .and_then(|b| b.get("context"))
-            .or(lookup_context.as_ref())
+            .or(plain_context.as_ref())
             .map(Cow::Borrowed);
         base.timing = &timing[..steps];
         let multi = matches!(action, Some(Action::PredictMulti | Action::LookupMulti));
@@ -474,7 +478,7 @@ impl QueryAudit {
                     }
                 });
                 r.inputs = Some(Payload::trusted(json_text(text)));
-            } else if let Some((range, cut)) = &lookup_inputs {
+            } else if let Some((range, cut)) = &plain_inputs {
                 r.inputs = Some(Payload::trusted(json_text(&text[range.clone()])));
                 r.truncated = *cut;
             }
@@ -510,7 +514,7 @@ impl QueryAudit {
                 r.inputs = Some(Payload::trusted(json_text(&text[outputs_end..])));
                 r.truncated |= cut;
             } else if output.is_some()
-                && let Some((range, cut)) = &lookup_inputs
+                && let Some((range, cut)) = &plain_inputs
             {
                 r.inputs = Some(Payload::trusted(json_text(&text[range.clone()])));
                 r.truncated |= *cut;

@@ -194,15 +194,13 @@ pub(super) fn answer(
             "unknown action `{route}`: use predict, predict-multi, lookup, lookup-multi, query or run"
         ))
     })?;
-    // A lookup reads its keys straight from the body's text (and its audit record, if any,
-    // its inputs); anything else, and any body that path does not take, is parsed into a tree.
-    let lookup_body = match action {
-        Action::Lookup => LookupBody::parse(body),
-        _ => None,
-    };
+    // A lookup reads its keys, a prediction its features, straight from the body's text (and
+    // its audit record, if any, its inputs); anything else, and any body that path does not
+    // take, is parsed into a tree.
+    let plain_body = PlainBody::parse(action, body);
     let mut tree = None;
-    let (body, dispatch) = match &lookup_body {
-        Some(lookup) => (CallBody::LookupData(&lookup.data), Dispatch::default()),
+    let (body, dispatch) = match &plain_body {
+        Some(plain) => (plain.call_body(), Dispatch::default()),
         None => {
             let parsed = tree.insert(parse_body(body)?);
             let dispatch = parse_dispatch(parsed)?;
@@ -219,9 +217,9 @@ pub(super) fn answer(
     };
     let called = state.runtime.call(&request);
     if let Some(audit) = audit.as_deref_mut() {
-        match (tree, &lookup_body) {
+        match (tree, &plain_body) {
             (Some(tree), _) => audit.request(action, tree),
-            (None, Some(lookup)) => audit.lookup_request(&lookup.data, lookup.context),
+            (None, Some(plain)) => audit.plain_request(action, plain.record(), plain.context()),
             (None, None) => {}
         }
     }
@@ -278,6 +276,80 @@ struct LookupBody<'a> {
     context: Option<&'a RawValue>,
     #[serde(default, borrow)]
     dispatch: Option<&'a RawValue>,
+}
+
+/// A `predict` body read without a tree: `{"features": {...}}`, the `context` the audit log
+/// records, `explanations` (the official client always sends the object, with nulls), and
+/// whatever else nobody reads.
+#[derive(serde::Deserialize)]
+struct PredictBody<'a> {
+    #[serde(borrow)]
+    features: JsonRecord<'a>,
+    #[serde(default, borrow, deserialize_with = "null_kept")]
+    context: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    explanations: Option<Explanations<'a>>,
+    #[serde(default, borrow)]
+    dispatch: Option<&'a RawValue>,
+}
+
+/// Of a query's `explanations`, what says whether they are asked for.
+#[derive(serde::Deserialize)]
+struct Explanations<'a> {
+    #[serde(default, borrow)]
+    enabled: Option<&'a RawValue>,
+}
+
+impl<'a> PredictBody<'a> {
+    /// `None` for a body this path leaves to the tree: as [`LookupBody::parse`], and a body
+    /// that asks for explanations (the runtime refuses them, and says so).
+    fn parse(body: &'a [u8]) -> Option<PredictBody<'a>> {
+        let predict = serde_json::from_slice::<PredictBody<'a>>(body).ok()?;
+        let asked = predict
+            .explanations
+            .as_ref()
+            .and_then(|e| e.enabled)
+            .is_some_and(|enabled| enabled.get() != "false");
+        (predict.dispatch.is_none() && !asked).then_some(predict)
+    }
+}
+
+/// A body read without a tree, for the actions that have such a path.
+enum PlainBody<'a> {
+    Lookup(LookupBody<'a>),
+    Predict(PredictBody<'a>),
+}
+
+impl<'a> PlainBody<'a> {
+    fn parse(action: Action, body: &'a [u8]) -> Option<PlainBody<'a>> {
+        match action {
+            Action::Lookup => LookupBody::parse(body).map(PlainBody::Lookup),
+            Action::Predict => PredictBody::parse(body).map(PlainBody::Predict),
+            _ => None,
+        }
+    }
+
+    fn call_body(&self) -> CallBody<'_> {
+        match self {
+            PlainBody::Lookup(lookup) => CallBody::LookupData(&lookup.data),
+            PlainBody::Predict(predict) => CallBody::PredictFeatures(&predict.features),
+        }
+    }
+
+    /// The record the runtime reads: the lookup's `data`, the prediction's `features`.
+    fn record(&self) -> &JsonRecord<'a> {
+        match self {
+            PlainBody::Lookup(lookup) => &lookup.data,
+            PlainBody::Predict(predict) => &predict.features,
+        }
+    }
+
+    fn context(&self) -> Option<&'a RawValue> {
+        match self {
+            PlainBody::Lookup(lookup) => lookup.context,
+            PlainBody::Predict(predict) => predict.context,
+        }
+    }
 }
 
 fn null_kept<'de, D: serde::Deserializer<'de>>(
@@ -483,6 +555,52 @@ mod tests {
         ] {
             assert!(
                 LookupBody::parse(body).is_none(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn predict_bodies_without_a_tree_are_the_plain_ones() {
+        use apinode_lookup::Record;
+        // The official client's shape: explanations sent, with nulls.
+        let taken = PredictBody::parse(
+            br#"{"features": {"a": 1, "b": "x"}, "explanations": {"enabled": null,
+                "method": null, "nExplanations": null}, "context": {"c": 2}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object(taken.features.to_map()),
+            json!({"a": 1, "b": "x"})
+        );
+        assert_eq!(taken.context.map(RawValue::get), Some(r#"{"c": 2}"#));
+        for body in [
+            &br#"{"features": {}}"#[..],
+            br#"{"features": {}, "explanations": null}"#,
+            br#"{"features": {}, "explanations": {"enabled": false}}"#,
+            br#"{"features": {}, "dispatch": null}"#,
+        ] {
+            assert!(
+                PredictBody::parse(body).is_some(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Left to the tree, which answers them or says what is wrong.
+        for body in [
+            &b""[..],
+            b"{}",
+            br#"{"features": null}"#,
+            br#"{"features": [1]}"#,
+            br#"{"features": {}, "explanations": {"enabled": true}}"#,
+            br#"{"features": {}, "explanations": {"enabled": "yes"}}"#,
+            br#"{"features": {}, "explanations": "no"}"#,
+            br#"{"features": {}, "features": {}}"#,
+            br#"{"features": {}, "dispatch": {"dispatchKey": "k"}}"#,
+        ] {
+            assert!(
+                PredictBody::parse(body).is_none(),
                 "{}",
                 String::from_utf8_lossy(body)
             );
