@@ -926,22 +926,25 @@ mod tests {
     }
 
     #[test]
-    fn a_lookup_read_without_a_tree_has_the_inputs_the_tree_has() {
+    fn a_body_read_without_a_tree_has_the_inputs_the_tree_has() {
         for data in [
             r#"{}"#,
             r#"{"key": "C1"}"#,
             r#"{"z": 1, "a": [1, {"b": null}], "m": "\u00e9\n", "a": true, "z": 2.5}"#,
         ] {
             let record: JsonRecord<'_> = serde_json::from_str(data).unwrap();
-            let tree = json!({ "data": serde_json::from_str::<Value>(data).unwrap() });
-            let (mut by_record, mut by_tree) = (Vec::new(), Vec::new());
-            write_record(&mut by_record, &record);
-            write_inputs(&mut by_tree, Action::Lookup, &tree, None);
-            assert_eq!(
-                String::from_utf8(by_record).unwrap(),
-                String::from_utf8(by_tree).unwrap(),
-                "{data}"
-            );
+            let value = serde_json::from_str::<Value>(data).unwrap();
+            for (action, field) in [(Action::Lookup, "data"), (Action::Predict, "features")] {
+                let tree = json!({ field: value });
+                let (mut by_record, mut by_tree) = (Vec::new(), Vec::new());
+                write_record(&mut by_record, &record);
+                write_inputs(&mut by_tree, action, &tree, None);
+                assert_eq!(
+                    String::from_utf8(by_record).unwrap(),
+                    String::from_utf8(by_tree).unwrap(),
+                    "{field}: {data}"
+                );
+            }
         }
     }
 
