@@ -24,7 +24,7 @@
 //!
 //! Goals (docs/benchmarks.md): throughput with `async` ≥ 0.95×, with `write` ≥ 0.9× of logging
 //! off. `cargo xtask bench audit`; the report goes to stdout and to
-//! `target/bench-results/audit.json`. Without `--bench` (under `cargo test --benches`) every
+//! `target/bench-results/audit.json` (`audit-custom.json` when a knob below changed the run). Without `--bench` (under `cargo test --benches`) every
 //! phase is short, on `APINODE_BENCH_ROWS` rows (10,000 unless set), against the debug binary;
 //! it writes `audit-smoke.json` and checks that it works: throughput, no errors, every record.
 //!

@@ -397,13 +397,27 @@ pub fn results_dir() -> PathBuf {
         .join("bench-results")
 }
 
-/// Writes a run's JSON report to `target/bench-results/<bench>.json`, or `<bench>-smoke.json`
-/// and `<bench>-perf.json` for those runs, so that neither overwrites a full run's figures.
+/// The knobs whose full runs are not the documented run (`APINODE_BENCH_PERF` has its own
+/// report).
+const CHANGING_KNOBS: [&str; 5] = [
+    "APINODE_BENCH_SECONDS",
+    "APINODE_BENCH_ROUNDS",
+    "APINODE_BENCH_ROWS",
+    "APINODE_BENCH_AUDIT_CONFIG",
+    "APINODE_BENCH_WORKERS",
+];
+
+/// Writes a run's JSON report to `target/bench-results/<bench>.json`, or `<bench>-smoke.json`,
+/// `<bench>-perf.json` and `<bench>-custom.json` for smoke runs, profiled runs and full runs
+/// that a knob changed ([`CHANGING_KNOBS`]), so that none overwrites a documented run's
+/// figures.
 pub fn write_report(bench: &str, full: bool, profiled: bool, report: &Value) {
-    let name = match (full, profiled) {
-        (false, _) => format!("{bench}-smoke.json"),
-        (true, true) => format!("{bench}-perf.json"),
-        (true, false) => format!("{bench}.json"),
+    let changed = CHANGING_KNOBS.iter().any(|knob| env_var(knob).is_some());
+    let name = match (full, profiled, changed) {
+        (false, _, _) => format!("{bench}-smoke.json"),
+        (true, true, _) => format!("{bench}-perf.json"),
+        (true, false, true) => format!("{bench}-custom.json"),
+        (true, false, false) => format!("{bench}.json"),
     };
     let path = results_dir().join(name);
     std::fs::create_dir_all(path.parent().expect("a parent")).expect("create bench-results");
