@@ -20,39 +20,43 @@ fn start_with(data_dir: &Path, config: &str) -> Node {
 
 /// Creates the `shop` service from a fresh bundle and activates it.
 fn shop(client: &Client, dir: &Path, url: &str) {
-    let v1 = build_bundle(dir, "v1", "Paris");
-    let (status, _) = json_of(
+    activate(client, url, "shop", &build_bundle(dir, "v1", "Paris"));
+}
+
+/// Creates the service `id`, uploads `bundle` to it and switches it to that generation.
+fn activate(client: &Client, url: &str, id: &str, bundle: &Path) {
+    let (status, body) = json_of(
         admin(
             client,
             reqwest::Method::POST,
             format!("{url}/admin/api/services"),
         )
-        .body(r#"{"serviceId": "shop"}"#)
+        .body(json!({"serviceId": id}).to_string())
         .send()
         .unwrap(),
     );
-    assert_eq!(status, 200);
-    let (status, _) = json_of(
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = json_of(
         admin(
             client,
             reqwest::Method::POST,
-            format!("{url}/admin/api/services/shop/generations/actions/upload"),
+            format!("{url}/admin/api/services/{id}/generations/actions/upload"),
         )
-        .body(std::fs::read(&v1).unwrap())
+        .body(std::fs::read(bundle).unwrap())
         .send()
         .unwrap(),
     );
-    assert_eq!(status, 200);
-    let (status, _) = json_of(
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = json_of(
         admin(
             client,
             reqwest::Method::POST,
-            format!("{url}/admin/api/services/shop/actions/switchToNewest"),
+            format!("{url}/admin/api/services/{id}/actions/switchToNewest"),
         )
         .send()
         .unwrap(),
     );
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{body}");
 }
 
 fn audit_metrics(client: &Client, url: &str) -> Value {
@@ -307,6 +311,108 @@ fn queries_auth_failures_and_admin_mutations_are_logged() {
         [json!({"n": 1})]
     );
     assert_eq!(query("SELECT count(*) AS n FROM admin"), [json!({"n": 3})]);
+}
+
+/// A logged prediction's record holds the features it was asked with (a `predict` body is
+/// read without a tree, a `predict-multi` one with it) and the result its answer carries.
+#[test]
+fn a_logged_prediction_holds_its_features_and_its_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = dir.path().join("models");
+    super::copy_model("binary_logistic", &service, "churn");
+    std::fs::write(
+        service.join("service.toml"),
+        "[service]\nid = \"models\"\n\n[[endpoints]]\nid = \"churn\"\nkind = \"prediction\"\n\
+         model = { path = \"models/churn\" }\n",
+    )
+    .unwrap();
+    let bundle = dir.path().join("models.zip");
+    let (ok, _, stderr) = super::bundle_cli(&[
+        "build".as_ref(),
+        service.as_os_str(),
+        "-o".as_ref(),
+        bundle.as_os_str(),
+        "--version".as_ref(),
+        "m1".as_ref(),
+    ]);
+    assert!(ok, "{stderr}");
+    let data_dir = dir.path().join("data");
+    let node = start_with(
+        &data_dir,
+        "[audit]\nnode_id = \"n3\"\nsegment_max_age_ms = 50\n",
+    );
+    let url = node.url.clone();
+    let client = Client::new();
+    activate(&client, &url, "models", &bundle);
+    let features: Vec<Value> = super::scoring_cases_of("binary_logistic")
+        .into_iter()
+        .take(3)
+        .map(|case| case["input"].clone())
+        .collect();
+    let post = |action: &str, body: Value| {
+        json_of(
+            client
+                .post(format!("{url}/public/api/v1/models/churn/{action}"))
+                .body(body.to_string())
+                .send()
+                .unwrap(),
+        )
+    };
+    let (status, one) = post(
+        "predict",
+        json!({"features": features[0], "context": {"rid": "one"}}),
+    );
+    assert_eq!(status, 200, "{one}");
+    let (status, multi) = post(
+        "predict-multi",
+        json!({"items": [{"features": features[1]}, {"features": features[2]}],
+               "context": {"rid": "multi"}}),
+    );
+    assert_eq!(status, 200, "{multi}");
+
+    wait_drained(&client, &url);
+    let records = store_records(&data_dir.join("audit-logs"));
+    let by_rid = |rid: &str| -> Vec<&Value> {
+        records
+            .iter()
+            .filter(|(file, record)| {
+                record["context"]["rid"] == rid && well_placed(file, "service=models", "n3", record)
+            })
+            .map(|(_, record)| record)
+            .collect()
+    };
+    let logged = by_rid("one");
+    assert_eq!(logged.len(), 1, "{records:?}");
+    let record = logged[0];
+    assert_eq!(
+        (
+            &record["endpoint"],
+            &record["endpoint_kind"],
+            &record["generation"],
+            &record["status"]
+        ),
+        (
+            &json!("churn"),
+            &json!("prediction"),
+            &json!("m1"),
+            &json!(200)
+        )
+    );
+    assert_eq!(record["inputs"], features[0]);
+    assert_eq!(record["outputs"], one["result"]);
+    assert!(record["timing"]["total"].is_u64(), "{record}");
+
+    let logged = by_rid("multi");
+    assert_eq!(logged.len(), 2, "{records:?}");
+    for item in 0..2 {
+        let record = logged
+            .iter()
+            .find(|r| r["item"] == item)
+            .unwrap_or_else(|| panic!("no record of item {item}: {logged:?}"));
+        assert_eq!(record["inputs"], features[item + 1]);
+        assert_eq!(record["outputs"], multi["results"][item]);
+    }
+    node.stop();
 }
 
 /// Every answered query (a 200 the clients got) has exactly one record in the store, though

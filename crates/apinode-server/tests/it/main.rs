@@ -397,17 +397,22 @@ fn scoring_cases() -> PathBuf {
     ))
 }
 
+/// The generated cases of a model (`cases.jsonl`: each an `input` and what dataiku-scoring
+/// predicted for it).
+fn scoring_cases_of(model: &str) -> Vec<Value> {
+    std::fs::read_to_string(scoring_cases().join(model).join("cases.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// `apinode model predict` on a model, with the first `n` inputs of its cases on stdin.
 fn model_predict(model: &str, n: usize) -> (Vec<Value>, Vec<Value>) {
     let dir = scoring_cases().join(model);
     let info: Value =
         serde_json::from_slice(&std::fs::read(dir.join("info.json")).unwrap()).unwrap();
-    let cases: Vec<Value> = std::fs::read_to_string(dir.join("cases.jsonl"))
-        .unwrap()
-        .lines()
-        .take(n)
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let cases: Vec<Value> = scoring_cases_of(model).into_iter().take(n).collect();
     // Interleave blank lines: they are skipped.
     let stdin: String = cases
         .iter()
