@@ -406,9 +406,9 @@ impl Lookup {
     /// Finds the rows of many records: converts and hashes every key first, then probes, so
     /// the probes' cache misses overlap instead of following one another. Same answers as
     /// [`Lookup::find`] on each record; an error comes with the index of its record.
-    pub fn find_batch(
+    pub fn find_batch<R: Record + ?Sized>(
         &self,
-        records: &[&Map<String, Value>],
+        records: &[&R],
     ) -> std::result::Result<Vec<Match>, (usize, Error)> {
         let mut keys = Vec::with_capacity(records.len());
         // A key error stops the conversion; the records before it are still probed first, so

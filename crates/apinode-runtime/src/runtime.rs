@@ -124,10 +124,14 @@ pub enum CallBody<'a> {
     /// scored here without enrichment reads its features straight from it; any other endpoint
     /// gets the tree `{"features": ...}` built from it.
     PredictFeatures(&'a (dyn Record + 'a)),
+    /// A `lookup-multi` call's items' `data` objects, parsed without a tree, for a body that
+    /// holds nothing else the runtime reads. An in-memory lookup reads every item's keys
+    /// straight from them; any other endpoint gets the tree `{"items": [{"data": ...}, ...]}`.
+    LookupItems(&'a [&'a (dyn Record + 'a)]),
 }
 
 impl CallBody<'_> {
-    /// The body as a JSON tree: borrowed, or built from a `LookupData`.
+    /// The body as a JSON tree: borrowed, or built from the records read without one.
     fn json(&self) -> Cow<'_, Value> {
         match self {
             CallBody::Json(body) => Cow::Borrowed(body),
@@ -140,6 +144,32 @@ impl CallBody<'_> {
                 body.insert(name.into(), Value::Object(record.to_map()));
                 Cow::Owned(Value::Object(body))
             }
+            CallBody::LookupItems(records) => {
+                let items = records
+                    .iter()
+                    .map(|record| {
+                        let mut item = serde_json::Map::new();
+                        item.insert("data".into(), Value::Object(record.to_map()));
+                        Value::Object(item)
+                    })
+                    .collect();
+                let mut body = serde_json::Map::new();
+                body.insert("items".into(), Value::Array(items));
+                Cow::Owned(Value::Object(body))
+            }
+        }
+    }
+
+    /// The number of items of a multi call's body (0 when it has no `items` array), without
+    /// building a tree.
+    fn items(&self) -> usize {
+        match self {
+            CallBody::Json(body) => body
+                .get("items")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len),
+            CallBody::LookupItems(records) => records.len(),
+            CallBody::LookupData(_) | CallBody::PredictFeatures(_) => 0,
         }
     }
 }
@@ -371,12 +401,7 @@ impl Runtime {
         let start = Instant::now();
         let items = match request.action {
             Action::Lookup | Action::Predict | Action::Run | Action::Query => 1,
-            _ => request
-                .body
-                .json()
-                .get("items")
-                .and_then(Value::as_array)
-                .map_or(0, Vec::len),
+            _ => request.body.items(),
         };
         if let Some(later) = answer_later(generation, endpoint, request) {
             let output = later.inspect_err(|_| endpoint.stats.record(items, 0, false))?;
@@ -390,7 +415,7 @@ impl Runtime {
         }
         let result = match (&endpoint.handler, request.action) {
             (Handler::Lookup(lookup), Action::Lookup) => lookup_single(lookup, request.body),
-            (Handler::Lookup(lookup), _) => lookup_multi(lookup, &request.body.json()),
+            (Handler::Lookup(lookup), _) => lookup_multi(lookup, request.body),
             (Handler::Predict(predict), Action::Predict) => match request.body {
                 CallBody::PredictFeatures(features) => predict.predict_features(features),
                 _ => predict.predict(&request.body.json()),
@@ -973,7 +998,9 @@ fn lookup_single(lookup: &apinode_lookup::Lookup, body: CallBody<'_>) -> Result<
         CallBody::LookupData(data) => lookup.find(data),
         CallBody::Json(body) => lookup.find(lookup_data(body)?),
         // Not a lookup's body: read as its tree, which says what is missing.
-        other @ CallBody::PredictFeatures(_) => lookup.find(lookup_data(&other.json())?),
+        other @ (CallBody::PredictFeatures(_) | CallBody::LookupItems(_)) => {
+            lookup.find(lookup_data(&other.json())?)
+        }
     }
     .map_err(|source| Error::Lookup { item: None, source })?;
     let mut out = LookupOutput {
@@ -985,15 +1012,18 @@ fn lookup_single(lookup: &apinode_lookup::Lookup, body: CallBody<'_>) -> Result<
     Ok(Output::Lookup(out))
 }
 
-fn lookup_multi(lookup: &apinode_lookup::Lookup, body: &Value) -> Result<Output> {
-    let records = lookup_items(body)?;
-    let matches = lookup
-        .find_batch(&records)
-        .map_err(|(i, source)| Error::Lookup {
-            item: Some(i),
-            source,
-        })?;
-    let mut buffer = Vec::with_capacity(records.len() * 128);
+fn lookup_multi(lookup: &apinode_lookup::Lookup, body: CallBody<'_>) -> Result<Output> {
+    let matches = match body {
+        CallBody::LookupItems(records) => lookup.find_batch(records),
+        CallBody::Json(body) => lookup.find_batch(&lookup_items(body)?),
+        // Not a `lookup-multi` body: read as its tree, which says what is missing.
+        other => lookup.find_batch(&lookup_items(&other.json())?),
+    }
+    .map_err(|(i, source)| Error::Lookup {
+        item: Some(i),
+        source,
+    })?;
+    let mut buffer = Vec::with_capacity(matches.len() * 128);
     let ranges = lookup.write_matches(&matches, &mut buffer);
     let items = matches
         .iter()

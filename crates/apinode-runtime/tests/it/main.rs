@@ -2,7 +2,7 @@
 //! dispatch, auth, lookups, persistence across restarts, and refusal of bad generations.
 
 use apinode_bundle::BuildOptions;
-use apinode_lookup::JsonRecord;
+use apinode_lookup::{JsonRecord, Record};
 use apinode_runtime::{
     Action, CallBody, CallRequest, CallResponse, Credentials, Dispatch, Error, LookupItem, Mapping,
     MappingEntry, Output, Runtime, RuntimeConfig,
@@ -237,14 +237,15 @@ fn lifecycle_from_import_to_delete() {
 }
 
 /// A lookup's keys read from its `data` parsed as a `JsonRecord` (what the server does for a
-/// plain lookup body) give the answer, or the error, they give read from the tree.
+/// plain lookup body, and for each item of a `lookup-multi` one) give the answer, or the
+/// error, they give read from the tree.
 #[test]
 fn a_lookup_reads_its_keys_from_a_record_as_from_a_tree() {
     let node = Node::serving_v1();
-    let answer = |body: CallBody<'_>| match node.runtime.call(&CallRequest {
+    let call = |action: Action, body: CallBody<'_>| match node.runtime.call(&CallRequest {
         service: "customers",
         endpoint: "by-id",
-        action: Action::Lookup,
+        action,
         body,
         dispatch: Dispatch::default(),
         credentials: Credentials::ApiKey(KEY),
@@ -252,7 +253,8 @@ fn a_lookup_reads_its_keys_from_a_record_as_from_a_tree() {
         Ok(response) => format!("{} {:?}", response.generation, results(&response)),
         Err(e) => format!("error: {e}"),
     };
-    for data in [
+    let answer = |body: CallBody<'_>| call(Action::Lookup, body);
+    let datas = [
         r#"{"customer": 1}"#,
         r#"{"customer": "3"}"#,
         r#"{"customer": 1.0}"#,
@@ -264,16 +266,46 @@ fn a_lookup_reads_its_keys_from_a_record_as_from_a_tree() {
         r#"{"customer": [1]}"#,
         r#"{"customer": {"id": 1}}"#,
         r#"{"customer": 2, "customer": 1, "other": "\u00e9"}"#,
-    ] {
-        let record: JsonRecord<'_> = serde_json::from_str(data).unwrap();
-        let tree: Value = serde_json::from_str(data).unwrap();
+    ];
+    let records: Vec<JsonRecord<'_>> = datas
+        .iter()
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    let trees: Vec<Value> = datas
+        .iter()
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    for ((data, record), tree) in datas.iter().zip(&records).zip(&trees) {
         let body = json!({ "data": tree });
         let by_tree = answer(CallBody::Json(&body));
-        assert_eq!(answer(CallBody::LookupData(&record)), by_tree, "{data}");
-        if data == r#"{"customer": 1}"# {
+        assert_eq!(answer(CallBody::LookupData(record)), by_tree, "{data}");
+        if *data == r#"{"customer": 1}"# {
             assert!(by_tree.contains("Paris"), "{by_tree}");
         }
     }
+    // `lookup-multi`: each record after a found one, then all of them (the first error wins),
+    // then none.
+    let multi = |indexes: &[usize]| {
+        let items: Vec<Value> = indexes.iter().map(|&i| json!({"data": trees[i]})).collect();
+        let body = json!({ "items": items });
+        let by_tree = call(Action::LookupMulti, CallBody::Json(&body));
+        let items: Vec<&dyn Record> = indexes
+            .iter()
+            .map(|&i| &records[i] as &dyn Record)
+            .collect();
+        let by_records = call(Action::LookupMulti, CallBody::LookupItems(&items));
+        assert_eq!(by_records, by_tree, "{indexes:?}");
+        by_tree
+    };
+    for i in 1..datas.len() {
+        multi(&[0, i]);
+    }
+    let all: Vec<usize> = (0..datas.len()).collect();
+    assert!(
+        multi(&all).contains("items[4]"),
+        "the first bad item is named"
+    );
+    assert!(multi(&[]).contains("[]"));
 }
 
 #[test]

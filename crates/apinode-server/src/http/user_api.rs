@@ -4,7 +4,7 @@
 use super::audit::{ClientAddr, QueryAudit, finish_query};
 use super::auth::PresentedCredentials;
 use super::{ApiError, AppState};
-use apinode_lookup::{JsonRecord, SqlAnswer};
+use apinode_lookup::{JsonRecord, Record, SqlAnswer};
 use apinode_runtime::{
     Action, CallBody, CallRequest, Dispatch, LookupItem, LookupOutput, Output, PendingOutput,
     PredictOutput, Resolved, WorkerCall, WorkerOutput,
@@ -195,12 +195,20 @@ pub(super) fn answer(
         ))
     })?;
     // A lookup reads its keys, a prediction its features, straight from the body's text (and
-    // its audit record, if any, its inputs); anything else, and any body that path does not
-    // take, is parsed into a tree.
-    let plain_body = PlainBody::parse(action, body);
+    // its audit record, if any, its inputs); so does a `lookup-multi` that is not logged.
+    // Anything else, and any body that path does not take, is parsed into a tree.
+    let plain_body = PlainBody::parse(action, body, audit.is_some());
+    let items: Vec<&dyn Record> = match &plain_body {
+        Some(PlainBody::LookupMulti(multi)) => multi
+            .items
+            .iter()
+            .map(|item| &item.data as &dyn Record)
+            .collect(),
+        _ => Vec::new(),
+    };
     let mut tree = None;
     let (body, dispatch) = match &plain_body {
-        Some(plain) => (plain.call_body(), Dispatch::default()),
+        Some(plain) => (plain.call_body(&items), Dispatch::default()),
         None => {
             let parsed = tree.insert(parse_body(body)?);
             let dispatch = parse_dispatch(parsed)?;
@@ -219,7 +227,11 @@ pub(super) fn answer(
     if let Some(audit) = audit.as_deref_mut() {
         match (tree, &plain_body) {
             (Some(tree), _) => audit.request(action, tree),
-            (None, Some(plain)) => audit.plain_request(action, plain.record(), plain.context()),
+            (None, Some(plain)) => {
+                if let Some((record, context)) = plain.logged_inputs() {
+                    audit.plain_request(action, record, context);
+                }
+            }
             (None, None) => {}
         }
     }
@@ -314,40 +326,69 @@ impl<'a> PredictBody<'a> {
     }
 }
 
+/// A `lookup-multi` body read without a tree: its items' `data` objects, and whatever else
+/// nobody reads. Only for a query that is not logged: a logged one's records take each item's
+/// inputs and context from the tree.
+#[derive(serde::Deserialize)]
+struct LookupMultiBody<'a> {
+    #[serde(borrow)]
+    items: Vec<LookupMultiItem<'a>>,
+    #[serde(default, borrow)]
+    dispatch: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct LookupMultiItem<'a> {
+    #[serde(borrow)]
+    data: JsonRecord<'a>,
+}
+
+impl<'a> LookupMultiBody<'a> {
+    /// `None` for a body this path leaves to the tree: as [`LookupBody::parse`], for the body
+    /// and for each item.
+    fn parse(body: &'a [u8]) -> Option<LookupMultiBody<'a>> {
+        serde_json::from_slice::<LookupMultiBody<'a>>(body)
+            .ok()
+            .filter(|multi| multi.dispatch.is_none())
+    }
+}
+
 /// A body read without a tree, for the actions that have such a path.
 enum PlainBody<'a> {
     Lookup(LookupBody<'a>),
     Predict(PredictBody<'a>),
+    LookupMulti(LookupMultiBody<'a>),
 }
 
 impl<'a> PlainBody<'a> {
-    fn parse(action: Action, body: &'a [u8]) -> Option<PlainBody<'a>> {
+    /// `logged`: whether the query has an audit record (a multi call's then needs the tree).
+    fn parse(action: Action, body: &'a [u8], logged: bool) -> Option<PlainBody<'a>> {
         match action {
             Action::Lookup => LookupBody::parse(body).map(PlainBody::Lookup),
             Action::Predict => PredictBody::parse(body).map(PlainBody::Predict),
+            Action::LookupMulti if !logged => {
+                LookupMultiBody::parse(body).map(PlainBody::LookupMulti)
+            }
             _ => None,
         }
     }
 
-    fn call_body(&self) -> CallBody<'_> {
+    /// What the runtime reads; `items`, a multi call's items' records.
+    fn call_body<'b>(&'b self, items: &'b [&'b dyn Record]) -> CallBody<'b> {
         match self {
             PlainBody::Lookup(lookup) => CallBody::LookupData(&lookup.data),
             PlainBody::Predict(predict) => CallBody::PredictFeatures(&predict.features),
+            PlainBody::LookupMulti(_) => CallBody::LookupItems(items),
         }
     }
 
-    /// The record the runtime reads: the lookup's `data`, the prediction's `features`.
-    fn record(&self) -> &JsonRecord<'a> {
+    /// What a logged query's record takes from the body: the record the runtime reads (the
+    /// lookup's `data`, the prediction's `features`) and the `context`; `None` for a multi call.
+    fn logged_inputs(&self) -> Option<(&JsonRecord<'a>, Option<&'a RawValue>)> {
         match self {
-            PlainBody::Lookup(lookup) => &lookup.data,
-            PlainBody::Predict(predict) => &predict.features,
-        }
-    }
-
-    fn context(&self) -> Option<&'a RawValue> {
-        match self {
-            PlainBody::Lookup(lookup) => lookup.context,
-            PlainBody::Predict(predict) => predict.context,
+            PlainBody::Lookup(lookup) => Some((&lookup.data, lookup.context)),
+            PlainBody::Predict(predict) => Some((&predict.features, predict.context)),
+            PlainBody::LookupMulti(_) => None,
         }
     }
 }
@@ -523,7 +564,6 @@ mod tests {
 
     #[test]
     fn lookup_bodies_without_a_tree_are_the_plain_ones() {
-        use apinode_lookup::Record;
         let taken = LookupBody::parse(
             br#"{"data": {"key": "C1", "n": 2}, "context": {"a": [1]}, "dispatch": null}"#,
         )
@@ -563,7 +603,6 @@ mod tests {
 
     #[test]
     fn predict_bodies_without_a_tree_are_the_plain_ones() {
-        use apinode_lookup::Record;
         // The official client's shape: explanations sent, with nulls.
         let taken = PredictBody::parse(
             br#"{"features": {"a": 1, "b": "x"}, "explanations": {"enabled": null,
@@ -601,6 +640,45 @@ mod tests {
         ] {
             assert!(
                 PredictBody::parse(body).is_none(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn lookup_multi_bodies_without_a_tree_are_the_plain_ones() {
+        let taken = LookupMultiBody::parse(
+            br#"{"items": [{"data": {"key": "C1"}, "context": 1}, {"data": {"key": "C2", "n": 2}}],
+                "context": {"a": 1}, "dispatch": null}"#,
+        )
+        .unwrap();
+        let items: Vec<Value> = taken
+            .items
+            .iter()
+            .map(|item| Value::Object(item.data.to_map()))
+            .collect();
+        assert_eq!(items, [json!({"key": "C1"}), json!({"key": "C2", "n": 2})]);
+        assert!(LookupMultiBody::parse(br#"{"items": []}"#).is_some());
+        // A logged query's multi body goes to the tree, whose records it needs.
+        let body = br#"{"items": [{"data": {"key": "C1"}}]}"#;
+        assert!(PlainBody::parse(Action::LookupMulti, body, false).is_some());
+        assert!(PlainBody::parse(Action::LookupMulti, body, true).is_none());
+        // Left to the tree, which answers them or says what is wrong.
+        for body in [
+            &b""[..],
+            b"{}",
+            br#"{"items": null}"#,
+            br#"{"items": {}}"#,
+            br#"{"items": [1]}"#,
+            br#"{"items": [{}]}"#,
+            br#"{"items": [{"data": null}]}"#,
+            br#"{"items": [{"data": {"key": "C1"}, "data": {"key": "C2"}}]}"#,
+            br#"{"items": [], "items": []}"#,
+            br#"{"items": [], "dispatch": {"forcedGeneration": "v1"}}"#,
+        ] {
+            assert!(
+                LookupMultiBody::parse(body).is_none(),
                 "{}",
                 String::from_utf8_lossy(body)
             );
