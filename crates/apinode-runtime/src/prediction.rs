@@ -214,6 +214,40 @@ impl PredictEndpoint {
         })
     }
 
+    /// `predict-multi` of items' features read without a tree (`CallBody::PredictItems`):
+    /// scored as one batch straight from them when there is nothing to enrich and no
+    /// `postEnrich` to answer; otherwise from the `Map`s they make. Either way the answer is
+    /// the tree's, byte for byte.
+    pub(crate) fn predict_multi_features(
+        &self,
+        items: &[&dyn apinode_lookup::Record],
+    ) -> Result<PredictOutput> {
+        if !self.enrichment.is_empty() || self.return_post_enrich {
+            let maps: Vec<Map<String, Value>> = items.iter().map(|r| r.to_map()).collect();
+            let records: Vec<&Map<String, Value>> = maps.iter().collect();
+            return self.answer(&records, true);
+        }
+        let start = Instant::now();
+        let cells: Vec<FeatureCells<'_>> = items.iter().map(|r| FeatureCells(*r)).collect();
+        let predictions = self.score(&cells).map_err(|(i, source)| Error::Scoring {
+            item: Some(i),
+            source,
+        })?;
+        let mut out = PredictOutput {
+            buffer: Vec::with_capacity(items.len() * (96 + 32 * predictions.classes().len())),
+            items: Vec::with_capacity(items.len()),
+            enrich_micros: 0,
+            predict_micros: 0,
+        };
+        for i in 0..items.len() {
+            let start = out.buffer.len();
+            write_result(&predictions.get(i), None, &mut out.buffer);
+            out.items.push(start..out.buffer.len());
+        }
+        out.predict_micros = start.elapsed().as_micros() as u64;
+        Ok(out)
+    }
+
     /// `predict-multi`: `{"items": [{"features": {...}}, ...]}`, scored as one batch.
     pub(crate) fn predict_multi(&self, body: &Value) -> Result<PredictOutput> {
         refuse_explanations(body)?;
@@ -312,9 +346,9 @@ impl PredictEndpoint {
 
     /// Scores the records as one batch; an error names the first record that fails (index
     /// in `records`).
-    fn score(
+    fn score<R: apinode_scoring::Record>(
         &self,
-        records: &[&Map<String, Value>],
+        records: &[R],
     ) -> std::result::Result<Predictions, (usize, apinode_scoring::Error)> {
         match self.model.predict_records(records) {
             Ok(predictions) => Ok(predictions),
@@ -322,7 +356,7 @@ impl PredictEndpoint {
                 // The error path only: score one by one to name the record without the
                 // batch's row prefix.
                 for (i, record) in records.iter().enumerate() {
-                    if let Err(e) = self.model.predict(*record) {
+                    if let Err(e) = self.model.predict(record) {
                         return Err((i, e));
                     }
                 }

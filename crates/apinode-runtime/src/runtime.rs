@@ -128,6 +128,11 @@ pub enum CallBody<'a> {
     /// holds nothing else the runtime reads. An in-memory lookup reads every item's keys
     /// straight from them; any other endpoint gets the tree `{"items": [{"data": ...}, ...]}`.
     LookupItems(&'a [&'a (dyn Record + 'a)]),
+    /// A `predict-multi` call's items' `features` objects, parsed without a tree, for a body
+    /// that holds nothing else the runtime reads (no `dispatch`, explanations not asked for).
+    /// A model scored here without enrichment reads them straight; any other endpoint gets the
+    /// tree `{"items": [{"features": ...}, ...]}`.
+    PredictItems(&'a [&'a (dyn Record + 'a)]),
 }
 
 impl CallBody<'_> {
@@ -144,12 +149,16 @@ impl CallBody<'_> {
                 body.insert(name.into(), Value::Object(record.to_map()));
                 Cow::Owned(Value::Object(body))
             }
-            CallBody::LookupItems(records) => {
+            CallBody::LookupItems(records) | CallBody::PredictItems(records) => {
+                let name = match self {
+                    CallBody::LookupItems(_) => "data",
+                    _ => "features",
+                };
                 let items = records
                     .iter()
                     .map(|record| {
                         let mut item = serde_json::Map::new();
-                        item.insert("data".into(), Value::Object(record.to_map()));
+                        item.insert(name.into(), Value::Object(record.to_map()));
                         Value::Object(item)
                     })
                     .collect();
@@ -168,7 +177,7 @@ impl CallBody<'_> {
                 .get("items")
                 .and_then(Value::as_array)
                 .map_or(0, Vec::len),
-            CallBody::LookupItems(records) => records.len(),
+            CallBody::LookupItems(records) | CallBody::PredictItems(records) => records.len(),
             CallBody::LookupData(_) | CallBody::PredictFeatures(_) => 0,
         }
     }
@@ -421,9 +430,11 @@ impl Runtime {
                 _ => predict.predict(&request.body.json()),
             }
             .map(Output::Predict),
-            (Handler::Predict(predict), _) => predict
-                .predict_multi(&request.body.json())
-                .map(Output::Predict),
+            (Handler::Predict(predict), _) => match request.body {
+                CallBody::PredictItems(items) => predict.predict_multi_features(items),
+                _ => predict.predict_multi(&request.body.json()),
+            }
+            .map(Output::Predict),
             (Handler::Worker(_) | Handler::Referenced(_) | Handler::Sql(_), _) => {
                 unreachable_worker()
             }
@@ -998,9 +1009,9 @@ fn lookup_single(lookup: &apinode_lookup::Lookup, body: CallBody<'_>) -> Result<
         CallBody::LookupData(data) => lookup.find(data),
         CallBody::Json(body) => lookup.find(lookup_data(body)?),
         // Not a lookup's body: read as its tree, which says what is missing.
-        other @ (CallBody::PredictFeatures(_) | CallBody::LookupItems(_)) => {
-            lookup.find(lookup_data(&other.json())?)
-        }
+        other @ (CallBody::PredictFeatures(_)
+        | CallBody::LookupItems(_)
+        | CallBody::PredictItems(_)) => lookup.find(lookup_data(&other.json())?),
     }
     .map_err(|source| Error::Lookup { item: None, source })?;
     let mut out = LookupOutput {

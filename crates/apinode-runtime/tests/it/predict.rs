@@ -4,7 +4,7 @@
 //! tree answered as from one.
 
 use super::{ADMIN, KEY, Node, build_bundle};
-use apinode_lookup::JsonRecord;
+use apinode_lookup::{JsonRecord, Record};
 use apinode_runtime::{
     Action, CallBody, CallRequest, CallResponse, Credentials, Dispatch, Error, Output,
 };
@@ -238,6 +238,73 @@ fn a_prediction_reads_its_features_from_a_record_as_from_a_tree() {
         answer("spend-plain", CallBody::PredictFeatures(&plain)),
         r#"{"prediction":17.0,"ignored":false}"#
     );
+}
+
+/// `predict-multi` with its items' features in `JsonRecord`s: the answer, or the error (which
+/// names the item), is the one the tree gives, byte for byte.
+#[test]
+fn a_multi_prediction_reads_its_features_from_records_as_from_a_tree() {
+    let node = serving(ENDPOINTS);
+    let answer = |endpoint: &str, body: CallBody<'_>| match node.runtime.call(&CallRequest {
+        service: "customers",
+        endpoint,
+        action: Action::PredictMulti,
+        body,
+        dispatch: Dispatch::default(),
+        credentials: Credentials::ApiKey(KEY),
+    }) {
+        Ok(response) => {
+            let Output::Predict(output) = &response.output else {
+                panic!("not a prediction: {:?}", response.output);
+            };
+            let results: Vec<String> = (0..output.items.len())
+                .map(|i| String::from_utf8(output.result(i).to_vec()).unwrap())
+                .collect();
+            results.join("\n")
+        }
+        Err(e) => format!("error: {e}"),
+    };
+    let features = [
+        r#"{"score": 2, "basket": 3, "customer": 2}"#,
+        r#"{"score": 2.5, "basket": -1e3, "customer": 4}"#,
+        r#"{"score": "4", "basket": " 1.5 ", "customer": 99}"#,
+        r#"{"score": null, "basket": 1}"#,
+        r#"{"score": "x", "basket": 1}"#,
+        r#"{"score": 1, "score": 3, "basket": 1, "other": "\u00e9\n"}"#,
+    ];
+    let records: Vec<JsonRecord<'_>> = features
+        .iter()
+        .map(|f| serde_json::from_str(f).unwrap())
+        .collect();
+    let trees: Vec<Value> = features
+        .iter()
+        .map(|f| serde_json::from_str(f).unwrap())
+        .collect();
+    let mut seen_error = false;
+    for indexes in [
+        vec![0, 1, 2],
+        vec![0, 3, 5],
+        vec![0, 4],
+        (0..6).collect(),
+        vec![],
+    ] {
+        let items: Vec<Value> = indexes
+            .iter()
+            .map(|&i| json!({"features": trees[i]}))
+            .collect();
+        let body = json!({ "items": items });
+        let items: Vec<&dyn Record> = indexes
+            .iter()
+            .map(|&i| &records[i] as &dyn Record)
+            .collect();
+        for endpoint in ["spend-plain", "spend", "spend-strict"] {
+            let by_tree = answer(endpoint, CallBody::Json(&body));
+            let by_records = answer(endpoint, CallBody::PredictItems(&items));
+            assert_eq!(by_records, by_tree, "{endpoint} {indexes:?}");
+            seen_error |= by_tree.starts_with("error: items[");
+        }
+    }
+    assert!(seen_error, "an item's error is among the cases");
 }
 
 #[test]

@@ -195,7 +195,7 @@ pub(super) fn answer(
         ))
     })?;
     // A lookup reads its keys, a prediction its features, straight from the body's text (and
-    // its audit record, if any, its inputs); so does a `lookup-multi` that is not logged.
+    // its audit record, if any, its inputs); so do the multi calls that are not logged.
     // Anything else, and any body that path does not take, is parsed into a tree.
     let plain_body = PlainBody::parse(action, body, audit.is_some());
     let items: Vec<&dyn Record> = match &plain_body {
@@ -203,6 +203,11 @@ pub(super) fn answer(
             .items
             .iter()
             .map(|item| &item.data as &dyn Record)
+            .collect(),
+        Some(PlainBody::PredictMulti(multi)) => multi
+            .items
+            .iter()
+            .map(|item| &item.features as &dyn Record)
             .collect(),
         _ => Vec::new(),
     };
@@ -312,17 +317,51 @@ struct Explanations<'a> {
     enabled: Option<&'a RawValue>,
 }
 
+impl Explanations<'_> {
+    /// Whether a query's `explanations` ask for them (the runtime refuses them, and says so).
+    fn asked(explanations: Option<&Explanations<'_>>) -> bool {
+        explanations
+            .and_then(|e| e.enabled)
+            .is_some_and(|enabled| enabled.get() != "false")
+    }
+}
+
 impl<'a> PredictBody<'a> {
     /// `None` for a body this path leaves to the tree: as [`LookupBody::parse`], and a body
-    /// that asks for explanations (the runtime refuses them, and says so).
+    /// that asks for explanations.
     fn parse(body: &'a [u8]) -> Option<PredictBody<'a>> {
         let predict = serde_json::from_slice::<PredictBody<'a>>(body).ok()?;
-        let asked = predict
-            .explanations
-            .as_ref()
-            .and_then(|e| e.enabled)
-            .is_some_and(|enabled| enabled.get() != "false");
+        let asked = Explanations::asked(predict.explanations.as_ref());
         (predict.dispatch.is_none() && !asked).then_some(predict)
+    }
+}
+
+/// A `predict-multi` body read without a tree: its items' `features` objects, `explanations`,
+/// and whatever else nobody reads. Only for a query that is not logged, as
+/// [`LookupMultiBody`].
+#[derive(serde::Deserialize)]
+struct PredictMultiBody<'a> {
+    #[serde(borrow)]
+    items: Vec<PredictMultiItem<'a>>,
+    #[serde(default, borrow)]
+    explanations: Option<Explanations<'a>>,
+    #[serde(default, borrow)]
+    dispatch: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct PredictMultiItem<'a> {
+    #[serde(borrow)]
+    features: JsonRecord<'a>,
+}
+
+impl<'a> PredictMultiBody<'a> {
+    /// `None` for a body this path leaves to the tree: as [`PredictBody::parse`], for the body
+    /// and for each item.
+    fn parse(body: &'a [u8]) -> Option<PredictMultiBody<'a>> {
+        let multi = serde_json::from_slice::<PredictMultiBody<'a>>(body).ok()?;
+        let asked = Explanations::asked(multi.explanations.as_ref());
+        (multi.dispatch.is_none() && !asked).then_some(multi)
     }
 }
 
@@ -358,6 +397,7 @@ enum PlainBody<'a> {
     Lookup(LookupBody<'a>),
     Predict(PredictBody<'a>),
     LookupMulti(LookupMultiBody<'a>),
+    PredictMulti(PredictMultiBody<'a>),
 }
 
 impl<'a> PlainBody<'a> {
@@ -369,6 +409,9 @@ impl<'a> PlainBody<'a> {
             Action::LookupMulti if !logged => {
                 LookupMultiBody::parse(body).map(PlainBody::LookupMulti)
             }
+            Action::PredictMulti if !logged => {
+                PredictMultiBody::parse(body).map(PlainBody::PredictMulti)
+            }
             _ => None,
         }
     }
@@ -379,6 +422,7 @@ impl<'a> PlainBody<'a> {
             PlainBody::Lookup(lookup) => CallBody::LookupData(&lookup.data),
             PlainBody::Predict(predict) => CallBody::PredictFeatures(&predict.features),
             PlainBody::LookupMulti(_) => CallBody::LookupItems(items),
+            PlainBody::PredictMulti(_) => CallBody::PredictItems(items),
         }
     }
 
@@ -388,7 +432,7 @@ impl<'a> PlainBody<'a> {
         match self {
             PlainBody::Lookup(lookup) => Some((&lookup.data, lookup.context)),
             PlainBody::Predict(predict) => Some((&predict.features, predict.context)),
-            PlainBody::LookupMulti(_) => None,
+            PlainBody::LookupMulti(_) | PlainBody::PredictMulti(_) => None,
         }
     }
 }
@@ -679,6 +723,40 @@ mod tests {
         ] {
             assert!(
                 LookupMultiBody::parse(body).is_none(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn predict_multi_bodies_without_a_tree_are_the_plain_ones() {
+        // The official client's shape: explanations sent, with nulls; an item's context.
+        let taken = PredictMultiBody::parse(
+            br#"{"items": [{"features": {"a": 1}, "context": {"c": 1}}, {"features": {"b": "x"}}],
+                "explanations": {"enabled": null, "method": null, "nExplanations": null}}"#,
+        )
+        .unwrap();
+        let items: Vec<Value> = taken
+            .items
+            .iter()
+            .map(|item| Value::Object(item.features.to_map()))
+            .collect();
+        assert_eq!(items, [json!({"a": 1}), json!({"b": "x"})]);
+        let body = br#"{"items": [{"features": {}}], "explanations": {"enabled": false}}"#;
+        assert!(PlainBody::parse(Action::PredictMulti, body, false).is_some());
+        assert!(PlainBody::parse(Action::PredictMulti, body, true).is_none());
+        // Left to the tree, which answers them or says what is wrong.
+        for body in [
+            &b"{}"[..],
+            br#"{"items": [{"data": {}}]}"#,
+            br#"{"items": [{"features": [1]}]}"#,
+            br#"{"items": [], "explanations": {"enabled": true}}"#,
+            br#"{"items": [], "dispatch": {"dispatchKey": "k"}}"#,
+            br#"{"items": [{"features": {}, "features": {}}]}"#,
+        ] {
+            assert!(
+                PredictMultiBody::parse(body).is_none(),
                 "{}",
                 String::from_utf8_lossy(body)
             );
