@@ -246,13 +246,22 @@ pub(crate) struct QueryAudit {
     failure: Option<(u16, String, String)>,
 }
 
-/// A lookup or a prediction read without a tree ([`QueryAudit::plain_request`]).
+/// A call read without a tree ([`QueryAudit::plain_request`]).
 struct PlainRequest {
-    /// Its inputs, written at the start of the scratch text, and whether they were cut;
-    /// `None` with payloads off.
-    inputs: Option<(Range<usize>, bool)>,
+    /// Per item (one for a single call), where its inputs are in the scratch text, written
+    /// whole: cut to the payload cap as its record is written, as the tree's are. `None` with
+    /// payloads off.
+    inputs: Option<SmallVec<[Range<usize>; 1]>>,
+    /// The call's `context`.
     context: Option<Value>,
+    /// A multi call's items' own `context`s, as the tree's records take them; empty for a
+    /// single call.
+    item_contexts: Vec<Option<Value>>,
 }
+
+/// What a logged call read without a tree hands its audit, per item (one for a single call):
+/// the record the runtime read (`data`, `features`) and the item's own `context`.
+pub(super) type PlainItem<'r, 'a> = (&'r JsonRecord<'a>, Option<&'a RawValue>);
 
 /// The text a logged query's records point into: each item's output as the answer has it,
 /// then the inputs of the record being written. Reused from query to query on a thread, so a
@@ -323,25 +332,42 @@ impl QueryAudit {
         self.body = Some(body);
     }
 
-    /// A `lookup` or `predict` whose body was read without a tree: its `data` or `features`
-    /// (the record's inputs, written now, as the tree's would be) and its `context`, if any.
+    /// A call whose body was read without a tree: each item's `data` or `features` (its
+    /// record's inputs, written now, as the tree's would be) and own `context` (a multi call's
+    /// items only), and the call's `context`, if any. A single call is one item.
     pub(super) fn plain_request(
         &mut self,
         action: Action,
-        data: &JsonRecord<'_>,
+        items: &[PlainItem<'_, '_>],
         context: Option<&RawValue>,
     ) {
         self.action = Some(action);
-        let scratch = &mut self.scratch;
+        let parse = |raw: &RawValue| serde_json::from_str(raw.get()).ok();
+        let text = &mut self.scratch.text;
         let inputs = self.policy.payloads.then(|| {
-            let start = scratch.text.len();
-            let cut = write_capped(&mut scratch.text, self.policy.max_payload_bytes, |text| {
-                write_record(text, data)
-            });
-            (start..scratch.text.len(), cut)
+            items
+                .iter()
+                .map(|(data, _)| {
+                    let start = text.len();
+                    write_record(text, data);
+                    start..text.len()
+                })
+                .collect()
         });
-        let context = context.and_then(|raw| serde_json::from_str(raw.get()).ok());
-        self.plain = Some(PlainRequest { inputs, context });
+        let multi = matches!(action, Action::PredictMulti | Action::LookupMulti);
+        let item_contexts = if multi {
+            items
+                .iter()
+                .map(|(_, context)| context.and_then(parse))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.plain = Some(PlainRequest {
+            inputs,
+            context: context.and_then(parse),
+            item_contexts,
+        });
     }
 
     pub(super) fn answered_by(
@@ -444,7 +470,15 @@ impl QueryAudit {
         base.endpoint_kind = kind.map(Cow::Borrowed);
         base.generation = generation.as_deref().map(Cow::Borrowed);
         base.api_key_id = key_id.as_deref().map(Cow::Borrowed);
-        let (plain_inputs, plain_context) = plain.map_or((None, None), |p| (p.inputs, p.context));
+        let PlainRequest {
+            inputs: plain_inputs,
+            context: plain_context,
+            item_contexts,
+        } = plain.unwrap_or_else(|| PlainRequest {
+            inputs: None,
+            context: None,
+            item_contexts: Vec::new(),
+        });
         base.context = body
             .as_ref()
             .and_then(|b| b.get("context"))
@@ -478,9 +512,24 @@ impl QueryAudit {
                     }
                 });
                 r.inputs = Some(Payload::trusted(json_text(text)));
-            } else if let Some((range, cut)) = &plain_inputs {
-                r.inputs = Some(Payload::trusted(json_text(&text[range.clone()])));
-                r.truncated = *cut;
+            } else if let Some(plain_inputs) = &plain_inputs {
+                // As the tree's: a multi call's items as one array, cut as a whole.
+                let start = text.len();
+                r.truncated = write_capped(text, policy.max_payload_bytes, |text| {
+                    if multi {
+                        text.push(b'[');
+                    }
+                    for (i, range) in plain_inputs.iter().enumerate() {
+                        if i > 0 {
+                            text.push(b',');
+                        }
+                        text.extend_from_within(range.clone());
+                    }
+                    if multi {
+                        text.push(b']');
+                    }
+                });
+                r.inputs = Some(Payload::trusted(json_text(&text[start..])));
             }
             logging.push(node.log.log(&r, node.durability));
             return logging;
@@ -497,13 +546,22 @@ impl QueryAudit {
                 }
                 _ => None,
             };
+            let plain_range = plain_inputs.as_ref().and_then(|inputs| inputs.get(i));
+            let plain_cut = match (output, plain_range) {
+                (Some(_), Some(range)) if inputs_cut.is_none() => {
+                    Some(cap_written(text, range.clone(), policy.max_payload_bytes))
+                }
+                _ => None,
+            };
             let mut r = base.clone();
             r.item = item;
-            if multi
-                && let Some(context) = body
-                    .as_ref()
-                    .and_then(|b| b.get("items")?.get(i)?.get("context"))
-            {
+            let item_context = match &body {
+                Some(body) => body
+                    .get("items")
+                    .and_then(|items| items.get(i)?.get("context")),
+                None => item_contexts.get(i).and_then(Option::as_ref),
+            };
+            if multi && let Some(context) = item_context {
                 r.context = Some(Cow::Borrowed(context));
             }
             if let Some((range, cut)) = output {
@@ -513,11 +571,9 @@ impl QueryAudit {
             if let Some(cut) = inputs_cut {
                 r.inputs = Some(Payload::trusted(json_text(&text[outputs_end..])));
                 r.truncated |= cut;
-            } else if output.is_some()
-                && let Some((range, cut)) = &plain_inputs
-            {
-                r.inputs = Some(Payload::trusted(json_text(&text[range.clone()])));
-                r.truncated |= *cut;
+            } else if let Some((range, cut)) = plain_cut {
+                r.inputs = Some(Payload::trusted(json_text(&text[range])));
+                r.truncated |= cut;
             }
             logging.push(node.log.log(&r, node.durability));
         }
@@ -651,6 +707,18 @@ fn write_cut(text: &mut Vec<u8>, bytes: &[u8], max: usize) {
         end -= 1;
     }
     write_json(text, &whole[..end]);
+}
+
+/// Inputs written whole at `range` of `text`: there, when within `max` bytes; else their first
+/// `max` bytes as a JSON string, appended. Returns where they are and whether they were cut.
+fn cap_written(text: &mut Vec<u8>, range: Range<usize>, max: usize) -> (Range<usize>, bool) {
+    if range.len() <= max {
+        return (range, false);
+    }
+    let whole = text[range].to_vec();
+    let start = text.len();
+    write_cut(text, &whole, max);
+    (start..text.len(), true)
 }
 
 /// Appends an answer's bytes (JSON the node wrote) as they are, or cut to `max` bytes as a
@@ -865,6 +933,17 @@ mod tests {
             written(|t| write_capped(t, 5, |t| write_json(t, &json!([1, 2])))),
             ("[1,2]".to_owned(), false)
         );
+        // Inputs written whole first (a body read without a tree), then cut: as if cut when
+        // written.
+        for max in [0, 5, 13, 16, 40] {
+            let mut text = b"earlier".to_vec();
+            write_json(&mut text, &city);
+            let whole = 7..text.len();
+            let (at, cut) = cap_written(&mut text, whole, max);
+            let later = (String::from_utf8(text[at].to_vec()).unwrap(), cut);
+            let at_once = written(|t| write_capped(t, max, |t| write_json(t, &city)));
+            assert_eq!(later, at_once, "max {max}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `POST /public/api/v1/{service}/{endpoint}/{action}`: parse the body, call the runtime,
 //! write the protocol's response.
 
-use super::audit::{ClientAddr, QueryAudit, finish_query};
+use super::audit::{ClientAddr, PlainItem, QueryAudit, finish_query};
 use super::auth::PresentedCredentials;
 use super::{ApiError, AppState};
 use apinode_lookup::{JsonRecord, Record, SqlAnswer};
@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use smallvec::{SmallVec, smallvec};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
@@ -195,9 +196,9 @@ pub(super) fn answer(
         ))
     })?;
     // A lookup reads its keys, a prediction its features, straight from the body's text (and
-    // its audit record, if any, its inputs); so do the multi calls that are not logged.
-    // Anything else, and any body that path does not take, is parsed into a tree.
-    let plain_body = PlainBody::parse(action, body, audit.is_some());
+    // its audit records, if any, their inputs), one item or many. Anything else, and any body
+    // that path does not take, is parsed into a tree.
+    let plain_body = PlainBody::parse(action, body);
     let items: Vec<&dyn Record> = match &plain_body {
         Some(PlainBody::LookupMulti(multi)) => multi
             .items
@@ -233,9 +234,8 @@ pub(super) fn answer(
         match (tree, &plain_body) {
             (Some(tree), _) => audit.request(action, tree),
             (None, Some(plain)) => {
-                if let Some((record, context)) = plain.logged_inputs() {
-                    audit.plain_request(action, record, context);
-                }
+                let (items, context) = plain.logged_inputs();
+                audit.plain_request(action, &items, context);
             }
             (None, None) => {}
         }
@@ -336,13 +336,14 @@ impl<'a> PredictBody<'a> {
     }
 }
 
-/// A `predict-multi` body read without a tree: its items' `features` objects, `explanations`,
-/// and whatever else nobody reads. Only for a query that is not logged, as
-/// [`LookupMultiBody`].
+/// A `predict-multi` body read without a tree: its items' `features` objects, the call's and
+/// the items' `context`s, `explanations`, and whatever else nobody reads.
 #[derive(serde::Deserialize)]
 struct PredictMultiBody<'a> {
     #[serde(borrow)]
     items: Vec<PredictMultiItem<'a>>,
+    #[serde(default, borrow, deserialize_with = "null_kept")]
+    context: Option<&'a RawValue>,
     #[serde(default, borrow)]
     explanations: Option<Explanations<'a>>,
     #[serde(default, borrow)]
@@ -353,6 +354,8 @@ struct PredictMultiBody<'a> {
 struct PredictMultiItem<'a> {
     #[serde(borrow)]
     features: JsonRecord<'a>,
+    #[serde(default, borrow, deserialize_with = "null_kept")]
+    context: Option<&'a RawValue>,
 }
 
 impl<'a> PredictMultiBody<'a> {
@@ -365,13 +368,14 @@ impl<'a> PredictMultiBody<'a> {
     }
 }
 
-/// A `lookup-multi` body read without a tree: its items' `data` objects, and whatever else
-/// nobody reads. Only for a query that is not logged: a logged one's records take each item's
-/// inputs and context from the tree.
+/// A `lookup-multi` body read without a tree: its items' `data` objects, the call's and the
+/// items' `context`s the audit log records, and whatever else nobody reads.
 #[derive(serde::Deserialize)]
 struct LookupMultiBody<'a> {
     #[serde(borrow)]
     items: Vec<LookupMultiItem<'a>>,
+    #[serde(default, borrow, deserialize_with = "null_kept")]
+    context: Option<&'a RawValue>,
     #[serde(default, borrow)]
     dispatch: Option<&'a RawValue>,
 }
@@ -380,6 +384,8 @@ struct LookupMultiBody<'a> {
 struct LookupMultiItem<'a> {
     #[serde(borrow)]
     data: JsonRecord<'a>,
+    #[serde(default, borrow, deserialize_with = "null_kept")]
+    context: Option<&'a RawValue>,
 }
 
 impl<'a> LookupMultiBody<'a> {
@@ -401,17 +407,12 @@ enum PlainBody<'a> {
 }
 
 impl<'a> PlainBody<'a> {
-    /// `logged`: whether the query has an audit record (a multi call's then needs the tree).
-    fn parse(action: Action, body: &'a [u8], logged: bool) -> Option<PlainBody<'a>> {
+    fn parse(action: Action, body: &'a [u8]) -> Option<PlainBody<'a>> {
         match action {
             Action::Lookup => LookupBody::parse(body).map(PlainBody::Lookup),
             Action::Predict => PredictBody::parse(body).map(PlainBody::Predict),
-            Action::LookupMulti if !logged => {
-                LookupMultiBody::parse(body).map(PlainBody::LookupMulti)
-            }
-            Action::PredictMulti if !logged => {
-                PredictMultiBody::parse(body).map(PlainBody::PredictMulti)
-            }
+            Action::LookupMulti => LookupMultiBody::parse(body).map(PlainBody::LookupMulti),
+            Action::PredictMulti => PredictMultiBody::parse(body).map(PlainBody::PredictMulti),
             _ => None,
         }
     }
@@ -426,13 +427,25 @@ impl<'a> PlainBody<'a> {
         }
     }
 
-    /// What a logged query's record takes from the body: the record the runtime reads (the
-    /// lookup's `data`, the prediction's `features`) and the `context`; `None` for a multi call.
-    fn logged_inputs(&self) -> Option<(&JsonRecord<'a>, Option<&'a RawValue>)> {
+    /// What a logged query's records take from the body: per item (one for a single call),
+    /// the record the runtime reads (`data`, `features`) and the item's `context`; the call's
+    /// `context`.
+    fn logged_inputs(&self) -> (SmallVec<[PlainItem<'_, 'a>; 1]>, Option<&'a RawValue>) {
         match self {
-            PlainBody::Lookup(lookup) => Some((&lookup.data, lookup.context)),
-            PlainBody::Predict(predict) => Some((&predict.features, predict.context)),
-            PlainBody::LookupMulti(_) | PlainBody::PredictMulti(_) => None,
+            PlainBody::Lookup(lookup) => (smallvec![(&lookup.data, None)], lookup.context),
+            PlainBody::Predict(predict) => (smallvec![(&predict.features, None)], predict.context),
+            PlainBody::LookupMulti(multi) => (
+                multi.items.iter().map(|i| (&i.data, i.context)).collect(),
+                multi.context,
+            ),
+            PlainBody::PredictMulti(multi) => (
+                multi
+                    .items
+                    .iter()
+                    .map(|i| (&i.features, i.context))
+                    .collect(),
+                multi.context,
+            ),
         }
     }
 }
@@ -704,10 +717,13 @@ mod tests {
             .collect();
         assert_eq!(items, [json!({"key": "C1"}), json!({"key": "C2", "n": 2})]);
         assert!(LookupMultiBody::parse(br#"{"items": []}"#).is_some());
-        // A logged query's multi body goes to the tree, whose records it needs.
-        let body = br#"{"items": [{"data": {"key": "C1"}}]}"#;
-        assert!(PlainBody::parse(Action::LookupMulti, body, false).is_some());
-        assert!(PlainBody::parse(Action::LookupMulti, body, true).is_none());
+        assert_eq!(taken.context.map(RawValue::get), Some(r#"{"a": 1}"#));
+        let contexts: Vec<_> = taken
+            .items
+            .iter()
+            .map(|i| i.context.map(RawValue::get))
+            .collect();
+        assert_eq!(contexts, [Some("1"), None]);
         // Left to the tree, which answers them or says what is wrong.
         for body in [
             &b""[..],
@@ -743,9 +759,12 @@ mod tests {
             .map(|item| Value::Object(item.features.to_map()))
             .collect();
         assert_eq!(items, [json!({"a": 1}), json!({"b": "x"})]);
+        assert_eq!(
+            taken.items[0].context.map(RawValue::get),
+            Some(r#"{"c": 1}"#)
+        );
         let body = br#"{"items": [{"features": {}}], "explanations": {"enabled": false}}"#;
-        assert!(PlainBody::parse(Action::PredictMulti, body, false).is_some());
-        assert!(PlainBody::parse(Action::PredictMulti, body, true).is_none());
+        assert!(PlainBody::parse(Action::PredictMulti, body).is_some());
         // Left to the tree, which answers them or says what is wrong.
         for body in [
             &b"{}"[..],

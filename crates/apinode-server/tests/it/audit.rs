@@ -155,6 +155,15 @@ fn queries_auth_failures_and_admin_mutations_are_logged() {
         r#"{"data": {"id": "x"}, "context": {"rid": "bad"}}"#,
     );
     assert_eq!(status, 400);
+    // A failed multi call: one record, with every item's inputs.
+    let (status, _) = json_of(
+        client
+            .post(format!("{url}/public/api/v1/shop/customer/lookup-multi"))
+            .body(r#"{"items": [{"data": {"id": 1}}, {"data": {"id": "x"}}], "context": {"rid": "multi-bad"}}"#)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 400);
     // An admin request without the key.
     let (status, _) = json_of(
         client
@@ -237,6 +246,11 @@ fn queries_auth_failures_and_admin_mutations_are_logged() {
     assert!(bad["error_message"].as_str().unwrap().contains("id"));
     // A failed lookup's record keeps its inputs, read without a tree as the answered one's.
     assert_eq!(bad["inputs"], json!({"id": "x"}));
+    assert_eq!(queries["multi-bad"].len(), 1);
+    let multi_bad = queries["multi-bad"][0];
+    assert_eq!(multi_bad["status"], 400);
+    assert!(multi_bad.get("item").is_none(), "{multi_bad}");
+    assert_eq!(multi_bad["inputs"], json!([{"id": 1}, {"id": "x"}]));
 
     let auth: Vec<_> = records
         .iter()
@@ -293,7 +307,7 @@ fn queries_auth_failures_and_admin_mutations_are_logged() {
     };
     assert_eq!(
         query("SELECT service, count(*) AS n FROM queries GROUP BY service"),
-        [json!({"service": "shop", "n": 4})]
+        [json!({"service": "shop", "n": 5})]
     );
     let hour = &one["time"].as_str().unwrap()[11..13];
     assert_eq!(
@@ -313,8 +327,8 @@ fn queries_auth_failures_and_admin_mutations_are_logged() {
     assert_eq!(query("SELECT count(*) AS n FROM admin"), [json!({"n": 3})]);
 }
 
-/// A logged prediction's record holds the features it was asked with (a `predict` body is
-/// read without a tree, a `predict-multi` one with it) and the result its answer carries.
+/// A logged prediction's record holds the features it was asked with (each body read without
+/// a tree), the result its answer carries, and a multi call's item its own context.
 #[test]
 fn a_logged_prediction_holds_its_features_and_its_result() {
     let dir = tempfile::tempdir().unwrap();
@@ -365,7 +379,8 @@ fn a_logged_prediction_holds_its_features_and_its_result() {
     assert_eq!(status, 200, "{one}");
     let (status, multi) = post(
         "predict-multi",
-        json!({"items": [{"features": features[1]}, {"features": features[2]}],
+        json!({"items": [{"features": features[1]},
+                         {"features": features[2], "context": {"rid": "multi", "own": 2}}],
                "context": {"rid": "multi"}}),
     );
     assert_eq!(status, 200, "{multi}");
@@ -411,6 +426,12 @@ fn a_logged_prediction_holds_its_features_and_its_result() {
             .unwrap_or_else(|| panic!("no record of item {item}: {logged:?}"));
         assert_eq!(record["inputs"], features[item + 1]);
         assert_eq!(record["outputs"], multi["results"][item]);
+        // An item's own context is its record's; the call's otherwise.
+        let own = if item == 1 { json!(2) } else { Value::Null };
+        assert_eq!(
+            record["context"].get("own").cloned().unwrap_or(Value::Null),
+            own
+        );
     }
     node.stop();
 }
