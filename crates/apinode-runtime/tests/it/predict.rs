@@ -185,28 +185,38 @@ fn predictions_are_enriched_then_scored() {
     assert_eq!(err.to_string(), "enrich[0]: missing lookup key `customer`");
 }
 
+/// The answer of a prediction call as text (each item's result on its line), or its error.
+fn answer_text(node: &Node, endpoint: &str, action: Action, body: CallBody<'_>) -> String {
+    let request = CallRequest {
+        service: "customers",
+        endpoint,
+        action,
+        body,
+        dispatch: Dispatch::default(),
+        credentials: Credentials::ApiKey(KEY),
+    };
+    match node.runtime.call(&request) {
+        Ok(response) => {
+            let Output::Predict(output) = &response.output else {
+                panic!("not a prediction: {:?}", response.output);
+            };
+            let results: Vec<String> = (0..output.items.len())
+                .map(|i| String::from_utf8(output.result(i).to_vec()).unwrap())
+                .collect();
+            results.join("\n")
+        }
+        Err(e) => format!("error: {e}"),
+    }
+}
+
 /// `predict` with its features in a `JsonRecord` (the server's path for a plain body): scored
 /// straight from it by a model without enrichment, through the tree's `Map` otherwise; the
 /// answer, or the error, is the one the tree gives, byte for byte.
 #[test]
 fn a_prediction_reads_its_features_from_a_record_as_from_a_tree() {
     let node = serving(ENDPOINTS);
-    let answer = |endpoint: &str, body: CallBody<'_>| match node.runtime.call(&CallRequest {
-        service: "customers",
-        endpoint,
-        action: Action::Predict,
-        body,
-        dispatch: Dispatch::default(),
-        credentials: Credentials::ApiKey(KEY),
-    }) {
-        Ok(response) => {
-            let Output::Predict(output) = &response.output else {
-                panic!("not a prediction: {:?}", response.output);
-            };
-            String::from_utf8(output.result(0).to_vec()).unwrap()
-        }
-        Err(e) => format!("error: {e}"),
-    };
+    let answer =
+        |endpoint: &str, body: CallBody<'_>| answer_text(&node, endpoint, Action::Predict, body);
     for features in [
         r#"{"score": 2, "basket": 3}"#,
         r#"{"score": 2.5, "basket": -1e3}"#,
@@ -245,24 +255,8 @@ fn a_prediction_reads_its_features_from_a_record_as_from_a_tree() {
 #[test]
 fn a_multi_prediction_reads_its_features_from_records_as_from_a_tree() {
     let node = serving(ENDPOINTS);
-    let answer = |endpoint: &str, body: CallBody<'_>| match node.runtime.call(&CallRequest {
-        service: "customers",
-        endpoint,
-        action: Action::PredictMulti,
-        body,
-        dispatch: Dispatch::default(),
-        credentials: Credentials::ApiKey(KEY),
-    }) {
-        Ok(response) => {
-            let Output::Predict(output) = &response.output else {
-                panic!("not a prediction: {:?}", response.output);
-            };
-            let results: Vec<String> = (0..output.items.len())
-                .map(|i| String::from_utf8(output.result(i).to_vec()).unwrap())
-                .collect();
-            results.join("\n")
-        }
-        Err(e) => format!("error: {e}"),
+    let answer = |endpoint: &str, body: CallBody<'_>| {
+        answer_text(&node, endpoint, Action::PredictMulti, body)
     };
     let features = [
         r#"{"score": 2, "basket": 3, "customer": 2}"#,

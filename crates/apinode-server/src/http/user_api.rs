@@ -199,22 +199,12 @@ pub(super) fn answer(
     // its audit records, if any, their inputs), one item or many. Anything else, and any body
     // that path does not take, is parsed into a tree.
     let plain_body = PlainBody::parse(action, body);
-    let items: Vec<&dyn Record> = match &plain_body {
-        Some(PlainBody::LookupMulti(multi)) => multi
-            .items
-            .iter()
-            .map(|item| &item.data as &dyn Record)
-            .collect(),
-        Some(PlainBody::PredictMulti(multi)) => multi
-            .items
-            .iter()
-            .map(|item| &item.features as &dyn Record)
-            .collect(),
-        _ => Vec::new(),
-    };
+    let items = plain_body
+        .as_ref()
+        .map_or_else(Vec::new, PlainBody::item_records);
     let mut tree = None;
     let (body, dispatch) = match &plain_body {
-        Some(plain) => (plain.call_body(&items), Dispatch::default()),
+        Some(plain) => (plain.call_body(action, &items), Dispatch::default()),
         None => {
             let parsed = tree.insert(parse_body(body)?);
             let dispatch = parse_dispatch(parsed)?;
@@ -282,32 +272,37 @@ pub(super) fn answer(
     })
 }
 
-/// A `lookup` body read without a tree: `{"data": {...}}`, the `context` the audit log
-/// records, and whatever else nobody reads.
+/// The fields of a body read without a tree: the record the runtime reads (a lookup's
+/// `data`, a prediction's `features`) or a multi call's items', the `context`s the audit log
+/// records, what says whether explanations are asked for, and whatever else nobody reads.
+/// Which of them a call needs is its action's ([`PlainBody::parse`]).
 #[derive(serde::Deserialize)]
-struct LookupBody<'a> {
-    #[serde(borrow)]
-    data: JsonRecord<'a>,
+struct PlainFields<'a> {
+    #[serde(default, borrow)]
+    data: Option<JsonRecord<'a>>,
+    #[serde(default, borrow)]
+    features: Option<JsonRecord<'a>>,
+    #[serde(default, borrow)]
+    items: Option<Vec<PlainItemFields<'a>>>,
     /// A `null` context is kept: the record says `"context": null`, as the tree's does.
     #[serde(default, borrow, deserialize_with = "null_kept")]
     context: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    dispatch: Option<&'a RawValue>,
-}
-
-/// A `predict` body read without a tree: `{"features": {...}}`, the `context` the audit log
-/// records, `explanations` (the official client always sends the object, with nulls), and
-/// whatever else nobody reads.
-#[derive(serde::Deserialize)]
-struct PredictBody<'a> {
-    #[serde(borrow)]
-    features: JsonRecord<'a>,
-    #[serde(default, borrow, deserialize_with = "null_kept")]
-    context: Option<&'a RawValue>,
+    /// The official client always sends it with a prediction, with nulls.
     #[serde(default, borrow)]
     explanations: Option<Explanations<'a>>,
     #[serde(default, borrow)]
     dispatch: Option<&'a RawValue>,
+}
+
+/// A multi call's item, read without a tree.
+#[derive(serde::Deserialize)]
+struct PlainItemFields<'a> {
+    #[serde(default, borrow)]
+    data: Option<JsonRecord<'a>>,
+    #[serde(default, borrow)]
+    features: Option<JsonRecord<'a>>,
+    #[serde(default, borrow, deserialize_with = "null_kept")]
+    context: Option<&'a RawValue>,
 }
 
 /// Of a query's `explanations`, what says whether they are asked for.
@@ -326,125 +321,77 @@ impl Explanations<'_> {
     }
 }
 
-impl<'a> PredictBody<'a> {
-    /// `None` for a body this path leaves to the tree: as [`LookupBody::parse`], and a body
-    /// that asks for explanations.
-    fn parse(body: &'a [u8]) -> Option<PredictBody<'a>> {
-        let predict = serde_json::from_slice::<PredictBody<'a>>(body).ok()?;
-        let asked = Explanations::asked(predict.explanations.as_ref());
-        (predict.dispatch.is_none() && !asked).then_some(predict)
-    }
-}
-
-/// A `predict-multi` body read without a tree: its items' `features` objects, the call's and
-/// the items' `context`s, `explanations`, and whatever else nobody reads.
-#[derive(serde::Deserialize)]
-struct PredictMultiBody<'a> {
-    #[serde(borrow)]
-    items: Vec<PredictMultiItem<'a>>,
-    #[serde(default, borrow, deserialize_with = "null_kept")]
-    context: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    explanations: Option<Explanations<'a>>,
-    #[serde(default, borrow)]
-    dispatch: Option<&'a RawValue>,
-}
-
-#[derive(serde::Deserialize)]
-struct PredictMultiItem<'a> {
-    #[serde(borrow)]
-    features: JsonRecord<'a>,
-    #[serde(default, borrow, deserialize_with = "null_kept")]
-    context: Option<&'a RawValue>,
-}
-
-impl<'a> PredictMultiBody<'a> {
-    /// `None` for a body this path leaves to the tree: as [`PredictBody::parse`], for the body
-    /// and for each item.
-    fn parse(body: &'a [u8]) -> Option<PredictMultiBody<'a>> {
-        let multi = serde_json::from_slice::<PredictMultiBody<'a>>(body).ok()?;
-        let asked = Explanations::asked(multi.explanations.as_ref());
-        (multi.dispatch.is_none() && !asked).then_some(multi)
-    }
-}
-
-/// A `lookup-multi` body read without a tree: its items' `data` objects, the call's and the
-/// items' `context`s the audit log records, and whatever else nobody reads.
-#[derive(serde::Deserialize)]
-struct LookupMultiBody<'a> {
-    #[serde(borrow)]
-    items: Vec<LookupMultiItem<'a>>,
-    #[serde(default, borrow, deserialize_with = "null_kept")]
-    context: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    dispatch: Option<&'a RawValue>,
-}
-
-#[derive(serde::Deserialize)]
-struct LookupMultiItem<'a> {
-    #[serde(borrow)]
-    data: JsonRecord<'a>,
-    #[serde(default, borrow, deserialize_with = "null_kept")]
-    context: Option<&'a RawValue>,
-}
-
-impl<'a> LookupMultiBody<'a> {
-    /// `None` for a body this path leaves to the tree: as [`LookupBody::parse`], for the body
-    /// and for each item.
-    fn parse(body: &'a [u8]) -> Option<LookupMultiBody<'a>> {
-        serde_json::from_slice::<LookupMultiBody<'a>>(body)
-            .ok()
-            .filter(|multi| multi.dispatch.is_none())
-    }
-}
-
-/// A body read without a tree, for the actions that have such a path.
+/// A body read without a tree: a `lookup`'s or `predict`'s record, or a multi call's items'
+/// records with their own `context`s; and the call's `context`.
+// The single call's record stays inline: it lives on the stack for one request, and boxing it
+// would allocate on the lookup's hot path.
+#[allow(clippy::large_enum_variant)]
 enum PlainBody<'a> {
-    Lookup(LookupBody<'a>),
-    Predict(PredictBody<'a>),
-    LookupMulti(LookupMultiBody<'a>),
-    PredictMulti(PredictMultiBody<'a>),
+    Single(JsonRecord<'a>, Option<&'a RawValue>),
+    Multi(
+        Vec<(JsonRecord<'a>, Option<&'a RawValue>)>,
+        Option<&'a RawValue>,
+    ),
 }
 
 impl<'a> PlainBody<'a> {
+    /// `None` for a body this path leaves to the tree, which answers it or says what is wrong
+    /// with it: not JSON, without the call's object (`data`, `features`, `items` and each
+    /// item's), a field given twice, a field nobody reads here but not of its kind, a
+    /// `dispatch`, or a prediction asking for explanations; and the actions without this path.
     fn parse(action: Action, body: &'a [u8]) -> Option<PlainBody<'a>> {
-        match action {
-            Action::Lookup => LookupBody::parse(body).map(PlainBody::Lookup),
-            Action::Predict => PredictBody::parse(body).map(PlainBody::Predict),
-            Action::LookupMulti => LookupMultiBody::parse(body).map(PlainBody::LookupMulti),
-            Action::PredictMulti => PredictMultiBody::parse(body).map(PlainBody::PredictMulti),
-            _ => None,
+        let predict = match action {
+            Action::Lookup | Action::LookupMulti => false,
+            Action::Predict | Action::PredictMulti => true,
+            Action::Query | Action::Run => return None,
+        };
+        let fields = serde_json::from_slice::<PlainFields<'a>>(body).ok()?;
+        if fields.dispatch.is_some() || predict && Explanations::asked(fields.explanations.as_ref())
+        {
+            return None;
         }
+        let pick = |data, features| if predict { features } else { data };
+        Some(match action {
+            Action::Lookup | Action::Predict => {
+                PlainBody::Single(pick(fields.data, fields.features)?, fields.context)
+            }
+            _ => PlainBody::Multi(
+                fields
+                    .items?
+                    .into_iter()
+                    .map(|item| Some((pick(item.data, item.features)?, item.context)))
+                    .collect::<Option<_>>()?,
+                fields.context,
+            ),
+        })
     }
 
     /// What the runtime reads; `items`, a multi call's items' records.
-    fn call_body<'b>(&'b self, items: &'b [&'b dyn Record]) -> CallBody<'b> {
+    fn call_body<'b>(&'b self, action: Action, items: &'b [&'b dyn Record]) -> CallBody<'b> {
+        match (self, action) {
+            (PlainBody::Single(record, _), Action::Lookup) => CallBody::LookupData(record),
+            (PlainBody::Single(record, _), _) => CallBody::PredictFeatures(record),
+            (PlainBody::Multi(..), Action::LookupMulti) => CallBody::LookupItems(items),
+            (PlainBody::Multi(..), _) => CallBody::PredictItems(items),
+        }
+    }
+
+    /// A multi call's items' records, for [`PlainBody::call_body`]; none for a single call.
+    fn item_records(&self) -> Vec<&dyn Record> {
         match self {
-            PlainBody::Lookup(lookup) => CallBody::LookupData(&lookup.data),
-            PlainBody::Predict(predict) => CallBody::PredictFeatures(&predict.features),
-            PlainBody::LookupMulti(_) => CallBody::LookupItems(items),
-            PlainBody::PredictMulti(_) => CallBody::PredictItems(items),
+            PlainBody::Single(..) => Vec::new(),
+            PlainBody::Multi(items, _) => items.iter().map(|(r, _)| r as &dyn Record).collect(),
         }
     }
 
     /// What a logged query's records take from the body: per item (one for a single call),
-    /// the record the runtime reads (`data`, `features`) and the item's `context`; the call's
-    /// `context`.
+    /// the record the runtime reads and the item's own `context`; the call's `context`.
     fn logged_inputs(&self) -> (SmallVec<[PlainItem<'_, 'a>; 1]>, Option<&'a RawValue>) {
         match self {
-            PlainBody::Lookup(lookup) => (smallvec![(&lookup.data, None)], lookup.context),
-            PlainBody::Predict(predict) => (smallvec![(&predict.features, None)], predict.context),
-            PlainBody::LookupMulti(multi) => (
-                multi.items.iter().map(|i| (&i.data, i.context)).collect(),
-                multi.context,
-            ),
-            PlainBody::PredictMulti(multi) => (
-                multi
-                    .items
-                    .iter()
-                    .map(|i| (&i.features, i.context))
-                    .collect(),
-                multi.context,
+            PlainBody::Single(record, context) => (smallvec![(record, None)], *context),
+            PlainBody::Multi(items, context) => (
+                items.iter().map(|(record, own)| (record, *own)).collect(),
+                *context,
             ),
         }
     }
@@ -454,16 +401,6 @@ fn null_kept<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<&'de RawValue>, D::Error> {
     serde::Deserialize::deserialize(deserializer).map(Some)
-}
-
-impl<'a> LookupBody<'a> {
-    /// `None` for a body this path leaves to the tree: not JSON, no `data` object, a field
-    /// given twice, or a `dispatch` (the tree's path reads it, and says what is wrong with it).
-    fn parse(body: &'a [u8]) -> Option<LookupBody<'a>> {
-        serde_json::from_slice::<LookupBody<'a>>(body)
-            .ok()
-            .filter(|lookup| lookup.dispatch.is_none())
-    }
 }
 
 /// An empty body is `{}` (the official client sends none when there is nothing to send).
@@ -619,84 +556,108 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A body read without a tree, as JSON: `{"record": ..., "context": ...}` for a single
+    /// call, `{"items": [{"record": ..., "context": ...}], "context": ...}` for a multi call
+    /// (contexts as their text); `None` when it is left to the tree.
+    fn plain(action: Action, body: &[u8]) -> Option<Value> {
+        let text = |raw: Option<&RawValue>| raw.map(|r| r.get().to_owned());
+        Some(match PlainBody::parse(action, body)? {
+            PlainBody::Single(record, context) => {
+                json!({"record": record.to_map(), "context": text(context)})
+            }
+            PlainBody::Multi(items, context) => {
+                let items: Vec<Value> = items
+                    .iter()
+                    .map(|(record, own)| json!({"record": record.to_map(), "context": text(*own)}))
+                    .collect();
+                json!({"items": items, "context": text(context)})
+            }
+        })
+    }
+
+    /// Bodies every action leaves to the tree, which answers them or says what is wrong.
+    const NOT_PLAIN: [&[u8]; 5] = [
+        b"",
+        b"[1]",
+        br#"{"data": {}, "features": {}, "items": []"#,
+        br#"{"data": {}, "features": {}, "items": []} x"#,
+        br#"{"data": {}, "features": {}, "items": [], "dispatch": {"forcedGeneration": "v1"}}"#,
+    ];
+
     #[test]
     fn lookup_bodies_without_a_tree_are_the_plain_ones() {
-        let taken = LookupBody::parse(
-            br#"{"data": {"key": "C1", "n": 2}, "context": {"a": [1]}, "dispatch": null}"#,
-        )
-        .unwrap();
         assert_eq!(
-            Value::Object(taken.data.to_map()),
-            json!({"key": "C1", "n": 2})
+            plain(
+                Action::Lookup,
+                br#"{"data": {"key": "C1", "n": 2}, "context": {"a": [1]}, "dispatch": null}"#
+            ),
+            Some(json!({"record": {"key": "C1", "n": 2}, "context": r#"{"a": [1]}"#}))
         );
-        assert_eq!(taken.context.map(RawValue::get), Some(r#"{"a": [1]}"#));
-        let null_context = LookupBody::parse(br#"{"data": {}, "context": null}"#).unwrap();
-        assert_eq!(null_context.context.map(RawValue::get), Some("null"));
-        assert!(
-            LookupBody::parse(br#"{"data": {}}"#)
-                .unwrap()
-                .context
-                .is_none()
+        assert_eq!(
+            plain(Action::Lookup, br#"{"data": {}, "context": null}"#),
+            Some(json!({"record": {}, "context": "null"}))
         );
-        // Left to the tree, which answers them or says what is wrong.
-        for body in [
-            &b""[..],
-            b"{}",
-            b"[1]",
+        assert_eq!(
+            plain(
+                Action::Lookup,
+                br#"{"data": {}, "explanations": {"enabled": true}}"#
+            ),
+            Some(json!({"record": {}, "context": null}))
+        );
+        for body in NOT_PLAIN.into_iter().chain([
+            &b"{}"[..],
             br#"{"data": null}"#,
             br#"{"data": [1]}"#,
-            br#"{"data": {"key": "C1"}"#,
-            br#"{"data": {"key": "C1"}} x"#,
+            br#"{"features": {}}"#,
             br#"{"data": {"key": "C1"}, "data": {"key": "C2"}}"#,
-            br#"{"data": {"key": "C1"}, "dispatch": {"forcedGeneration": "v1"}}"#,
-        ] {
-            assert!(
-                LookupBody::parse(body).is_none(),
+            br#"{"data": {"key": "C1"}, "items": 1}"#,
+        ]) {
+            assert_eq!(
+                plain(Action::Lookup, body),
+                None,
                 "{}",
                 String::from_utf8_lossy(body)
             );
         }
+        assert_eq!(plain(Action::Run, br#"{"data": {}}"#), None);
+        assert_eq!(plain(Action::Query, br#"{"data": {}}"#), None);
     }
 
     #[test]
     fn predict_bodies_without_a_tree_are_the_plain_ones() {
         // The official client's shape: explanations sent, with nulls.
-        let taken = PredictBody::parse(
-            br#"{"features": {"a": 1, "b": "x"}, "explanations": {"enabled": null,
-                "method": null, "nExplanations": null}, "context": {"c": 2}}"#,
-        )
-        .unwrap();
         assert_eq!(
-            Value::Object(taken.features.to_map()),
-            json!({"a": 1, "b": "x"})
+            plain(
+                Action::Predict,
+                br#"{"features": {"a": 1, "b": "x"}, "explanations": {"enabled": null,
+                    "method": null, "nExplanations": null}, "context": {"c": 2}}"#
+            ),
+            Some(json!({"record": {"a": 1, "b": "x"}, "context": r#"{"c": 2}"#}))
         );
-        assert_eq!(taken.context.map(RawValue::get), Some(r#"{"c": 2}"#));
         for body in [
-            &br#"{"features": {}}"#[..],
-            br#"{"features": {}, "explanations": null}"#,
+            &br#"{"features": {}, "explanations": null}"#[..],
             br#"{"features": {}, "explanations": {"enabled": false}}"#,
             br#"{"features": {}, "dispatch": null}"#,
         ] {
             assert!(
-                PredictBody::parse(body).is_some(),
+                plain(Action::Predict, body).is_some(),
                 "{}",
                 String::from_utf8_lossy(body)
             );
         }
-        // Left to the tree, which answers them or says what is wrong.
-        for body in [
-            &b""[..],
-            b"{}",
+        for body in NOT_PLAIN.into_iter().chain([
+            &b"{}"[..],
             br#"{"features": null}"#,
             br#"{"features": [1]}"#,
+            br#"{"data": {}}"#,
             br#"{"features": {}, "explanations": {"enabled": true}}"#,
             br#"{"features": {}, "explanations": {"enabled": "yes"}}"#,
             br#"{"features": {}, "explanations": "no"}"#,
             br#"{"features": {}, "features": {}}"#,
-            br#"{"features": {}, "dispatch": {"dispatchKey": "k"}}"#,
-        ] {
-            assert!(
-                PredictBody::parse(body).is_none(),
+        ]) {
+            assert_eq!(
+                plain(Action::Predict, body),
+                None,
                 "{}",
                 String::from_utf8_lossy(body)
             );
@@ -704,78 +665,59 @@ mod tests {
     }
 
     #[test]
-    fn lookup_multi_bodies_without_a_tree_are_the_plain_ones() {
-        let taken = LookupMultiBody::parse(
-            br#"{"items": [{"data": {"key": "C1"}, "context": 1}, {"data": {"key": "C2", "n": 2}}],
-                "context": {"a": 1}, "dispatch": null}"#,
-        )
-        .unwrap();
-        let items: Vec<Value> = taken
-            .items
-            .iter()
-            .map(|item| Value::Object(item.data.to_map()))
-            .collect();
-        assert_eq!(items, [json!({"key": "C1"}), json!({"key": "C2", "n": 2})]);
-        assert!(LookupMultiBody::parse(br#"{"items": []}"#).is_some());
-        assert_eq!(taken.context.map(RawValue::get), Some(r#"{"a": 1}"#));
-        let contexts: Vec<_> = taken
-            .items
-            .iter()
-            .map(|i| i.context.map(RawValue::get))
-            .collect();
-        assert_eq!(contexts, [Some("1"), None]);
-        // Left to the tree, which answers them or says what is wrong.
-        for body in [
-            &b""[..],
-            b"{}",
-            br#"{"items": null}"#,
-            br#"{"items": {}}"#,
-            br#"{"items": [1]}"#,
-            br#"{"items": [{}]}"#,
-            br#"{"items": [{"data": null}]}"#,
-            br#"{"items": [{"data": {"key": "C1"}, "data": {"key": "C2"}}]}"#,
-            br#"{"items": [], "items": []}"#,
-            br#"{"items": [], "dispatch": {"forcedGeneration": "v1"}}"#,
-        ] {
-            assert!(
-                LookupMultiBody::parse(body).is_none(),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
-    }
-
-    #[test]
-    fn predict_multi_bodies_without_a_tree_are_the_plain_ones() {
-        // The official client's shape: explanations sent, with nulls; an item's context.
-        let taken = PredictMultiBody::parse(
-            br#"{"items": [{"features": {"a": 1}, "context": {"c": 1}}, {"features": {"b": "x"}}],
-                "explanations": {"enabled": null, "method": null, "nExplanations": null}}"#,
-        )
-        .unwrap();
-        let items: Vec<Value> = taken
-            .items
-            .iter()
-            .map(|item| Value::Object(item.features.to_map()))
-            .collect();
-        assert_eq!(items, [json!({"a": 1}), json!({"b": "x"})]);
+    fn multi_bodies_without_a_tree_are_the_plain_ones() {
         assert_eq!(
-            taken.items[0].context.map(RawValue::get),
-            Some(r#"{"c": 1}"#)
+            plain(
+                Action::LookupMulti,
+                br#"{"items": [{"data": {"key": "C1"}, "context": 1}, {"data": {"n": 2}}],
+                    "context": {"a": 1}, "dispatch": null}"#
+            ),
+            Some(json!({"items": [{"record": {"key": "C1"}, "context": "1"},
+                                  {"record": {"n": 2}, "context": null}],
+                        "context": r#"{"a": 1}"#}))
         );
-        let body = br#"{"items": [{"features": {}}], "explanations": {"enabled": false}}"#;
-        assert!(PlainBody::parse(Action::PredictMulti, body).is_some());
-        // Left to the tree, which answers them or says what is wrong.
-        for body in [
-            &b"{}"[..],
-            br#"{"items": [{"data": {}}]}"#,
-            br#"{"items": [{"features": [1]}]}"#,
-            br#"{"items": [], "explanations": {"enabled": true}}"#,
-            br#"{"items": [], "dispatch": {"dispatchKey": "k"}}"#,
-            br#"{"items": [{"features": {}, "features": {}}]}"#,
-        ] {
-            assert!(
-                PredictMultiBody::parse(body).is_none(),
+        assert_eq!(
+            plain(
+                Action::PredictMulti,
+                br#"{"items": [{"features": {"a": 1}, "context": {"c": 1}}, {"features": {}}],
+                    "explanations": {"enabled": null, "method": null, "nExplanations": null}}"#
+            ),
+            Some(
+                json!({"items": [{"record": {"a": 1}, "context": r#"{"c": 1}"#},
+                                  {"record": {}, "context": null}],
+                        "context": null})
+            )
+        );
+        assert_eq!(
+            plain(Action::LookupMulti, br#"{"items": []}"#),
+            Some(json!({"items": [], "context": null}))
+        );
+        for (action, body) in [
+            (Action::LookupMulti, &br#"{}"#[..]),
+            (Action::LookupMulti, br#"{"items": null}"#),
+            (Action::LookupMulti, br#"{"items": {}}"#),
+            (Action::LookupMulti, br#"{"items": [1]}"#),
+            (Action::LookupMulti, br#"{"items": [{}]}"#),
+            (Action::LookupMulti, br#"{"items": [{"features": {}}]}"#),
+            (Action::LookupMulti, br#"{"items": [{"data": null}]}"#),
+            (
+                Action::LookupMulti,
+                br#"{"items": [{"data": {}, "data": {}}]}"#,
+            ),
+            (Action::LookupMulti, br#"{"items": [], "items": []}"#),
+            (Action::PredictMulti, br#"{"items": [{"data": {}}]}"#),
+            (Action::PredictMulti, br#"{"items": [{"features": [1]}]}"#),
+            (
+                Action::PredictMulti,
+                br#"{"items": [], "explanations": {"enabled": true}}"#,
+            ),
+        ]
+        .into_iter()
+        .chain(NOT_PLAIN.map(|body| (Action::PredictMulti, body)))
+        {
+            assert_eq!(
+                plain(action, body),
+                None,
                 "{}",
                 String::from_utf8_lossy(body)
             );
