@@ -336,9 +336,10 @@ enum PlainBody<'a> {
 
 impl<'a> PlainBody<'a> {
     /// `None` for a body this path leaves to the tree, which answers it or says what is wrong
-    /// with it: not JSON, without the call's object (`data`, `features`, `items` and each
-    /// item's), a field given twice, a field nobody reads here but not of its kind, a
-    /// `dispatch`, or a prediction asking for explanations; and the actions without this path.
+    /// with it: not JSON; without the call's object (`data`, `features`, `items`, each item's);
+    /// a field given twice; one of the fields this path knows in another shape (a prediction's
+    /// `data` that is not an object, say); a `dispatch`; a prediction asking for explanations;
+    /// and every body of the actions without this path (`query`, `run`).
     fn parse(action: Action, body: &'a [u8]) -> Option<PlainBody<'a>> {
         let predict = match action {
             Action::Lookup | Action::LookupMulti => false,
