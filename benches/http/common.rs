@@ -440,6 +440,76 @@ pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
+/// The kernel's DAMON monitors that are on (`kdamond` threads: a VM platform may run one for
+/// proactive reclaim): what each watches and how often, and their threads' CPU time. Their
+/// passes take a core for milliseconds at a time, which the half-load tail feels
+/// (docs/benchmarks.md, "DAMON").
+#[derive(Debug, Default)]
+pub struct Damon {
+    /// `None` when no monitor is on (or the kernel has no DAMON).
+    pub description: Option<String>,
+    pids: Vec<String>,
+}
+
+impl Damon {
+    pub fn read() -> Damon {
+        let read = |path: PathBuf| {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|text| text.trim().to_owned())
+        };
+        let entries = |dir: PathBuf| {
+            let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| entry.path())
+                .filter(|path| path.is_dir())
+                .collect();
+            paths.sort();
+            paths
+        };
+        let mut damon = Damon::default();
+        let mut described = Vec::new();
+        for monitor in entries(PathBuf::from("/sys/kernel/mm/damon/admin/kdamonds")) {
+            if read(monitor.join("state")).as_deref() != Some("on") {
+                continue;
+            }
+            damon.pids.extend(read(monitor.join("pid")));
+            for context in entries(monitor.join("contexts")) {
+                let every = |name: &str| {
+                    let path = context.join("monitoring_attrs/intervals").join(name);
+                    read(path)
+                        .and_then(|us| us.parse::<f64>().ok())
+                        .map_or("?".to_owned(), |us| format!("{:.0} ms", us / 1000.0))
+                };
+                let actions: Vec<String> = entries(context.join("schemes"))
+                    .into_iter()
+                    .filter_map(|scheme| read(scheme.join("action")))
+                    .collect();
+                described.push(format!(
+                    "{} operations, sampling every {}, aggregating every {}, schemes: {}",
+                    read(context.join("operations")).unwrap_or_default(),
+                    every("sample_us"),
+                    every("aggr_us"),
+                    if actions.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        actions.join(", ")
+                    }
+                ));
+            }
+        }
+        damon.description = (!described.is_empty()).then(|| described.join("; "));
+        damon
+    }
+
+    /// The monitors' threads' CPU time so far, in milliseconds.
+    pub fn cpu_ms(&self) -> f64 {
+        self.pids.iter().map(|pid| cpu_seconds(pid) * 1000.0).sum()
+    }
+}
+
 /// User + system CPU time of a process (`self` or a pid), in seconds.
 pub fn cpu_seconds(pid: &str) -> f64 {
     let (user, system) = user_system_seconds(pid);

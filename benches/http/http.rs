@@ -33,11 +33,11 @@
 //! without frame pointers; it slows the server, so take figures from a run without it).
 
 use apinode_bench_http::{
-    ADMIN_KEY, CEILING_ENV, CLIENT_CORE, CONNECTIONS, KEYS, PREDICT_ENDPOINT, Phase, Pinning,
-    Profiler, SERVER_CORE, SERVICE, STALL_THRESHOLD, Server, Settings, build_customers_bundle,
-    call, core_count, cpu_model, deploy, describe_stalls, http_request, load, lookup_path,
-    lookup_requests, machine, node_binary, pin_self, proc_status_bytes, reexecuted_role,
-    stall_probes, write_report,
+    ADMIN_KEY, CEILING_ENV, CLIENT_CORE, CONNECTIONS, Damon, KEYS, PREDICT_ENDPOINT, Phase,
+    Pinning, Profiler, SERVER_CORE, SERVICE, STALL_THRESHOLD, Server, Settings,
+    build_customers_bundle, call, core_count, cpu_model, deploy, describe_stalls, http_request,
+    load, lookup_path, lookup_requests, machine, node_binary, pin_self, proc_status_bytes,
+    reexecuted_role, stall_probes, write_report,
 };
 use apinode_benches::{CHURN_CATEGORIES, CHURN_NUMERIC};
 use apinode_lookup::{Lookup, LookupConfig, Table};
@@ -213,10 +213,12 @@ fn run(settings: &Settings, pinning: &Pinning) -> Report {
     let ceiling = Server::start(ceiling_command, "hyper ceiling");
 
     let stalls = stall_probes(pinning, if settings.full { 5.0 } else { 0.5 });
+    let damon = Damon::read();
 
     // Maximum load (closed loop), then half of the node's maximum (open loop), both servers;
     // each after a warm-up at the same load.
     let mut phases: Vec<(&'static str, Phase)> = Vec::new();
+    let mut damon_ms: Vec<(&'static str, f64)> = Vec::new();
     let mut phase =
         |name: &'static str, server: &Server, requests: &Arc<Vec<Bytes>>, rate: Option<f64>| {
             let _ = runtime.block_on(load(server, requests, rate, settings.warm_up));
@@ -224,7 +226,9 @@ fn run(settings: &Settings, pinning: &Pinning) -> Report {
                 .perf
                 .filter(|_| rate.is_none())
                 .map(|call_graph| Profiler::start(&format!("http-{name}"), server, call_graph));
+            let damon_before = damon.cpu_ms();
             let result = runtime.block_on(load(server, requests, rate, settings.phase));
+            damon_ms.push((name, damon.cpu_ms() - damon_before));
             drop(profile);
             eprintln!("{name}: {}", result.summary());
             let rate = result.rate();
@@ -297,6 +301,8 @@ fn run(settings: &Settings, pinning: &Pinning) -> Report {
         memory,
         body_bytes: real_answer.len(),
         stalls,
+        damon: damon.description.clone(),
+        damon_ms,
     };
     render(settings, pinning, results)
 }
@@ -319,6 +325,9 @@ struct Results {
     body_bytes: usize,
     /// The stall probe on the servers' core and on the load generator's.
     stalls: Option<[Value; 2]>,
+    /// The kernel's DAMON monitors that were on, and their CPU in each measured phase (ms).
+    damon: Option<String>,
+    damon_ms: Vec<(&'static str, f64)>,
 }
 
 impl Results {
@@ -373,6 +382,17 @@ fn render(settings: &Settings, pinning: &Pinning, results: Results) -> Report {
             "- the machine itself (a spinning loop, servers idle): core {SERVER_CORE}: {}; core {CLIENT_CORE}: {}",
             describe_stalls(core0),
             describe_stalls(core1)
+        ));
+    }
+    if let Some(damon) = &results.damon {
+        let per_phase: Vec<String> = results
+            .damon_ms
+            .iter()
+            .map(|(name, ms)| format!("{name} {ms:.0} ms"))
+            .collect();
+        line(format!(
+            "- the kernel's DAMON monitor (kdamond, a core for milliseconds at a time, either core): {damon}; its CPU in each measured phase: {}",
+            per_phase.join(", ")
         ));
     }
     line(format!(
@@ -461,6 +481,10 @@ fn render(settings: &Settings, pinning: &Pinning, results: Results) -> Report {
         "phase_seconds": settings.phase.as_secs_f64(),
         "warm_up_seconds": settings.warm_up.as_secs_f64(),
         "pinning": pinning.describe(),
+        "damon": results.damon.as_ref().map(|description| json!({
+            "description": description,
+            "phase_cpu_ms": results.damon_ms.iter().map(|(name, ms)| (name.to_string(), json!(ms))).collect::<serde_json::Map<_, _>>(),
+        })),
         "stall_probe": results.stalls.as_ref().map(|[a, b]| json!({
             "server_core": a,
             "load_generator_core": b,
