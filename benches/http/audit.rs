@@ -37,17 +37,17 @@
 //! it slows the nodes, so take figures from a run without it).
 
 use apinode_bench_http::{
-    ADMIN_KEY, CLIENT_CORE, CONNECTIONS, Phase, Pinning, Profiler, SERVER_CORE, SERVICE, Server,
-    Settings, build_customers_bundle, call, core_count, cpu_model, deploy, describe_stalls, load,
-    lookup_path, lookup_requests, machine, node_binary, pin_self, reexecuted_role, stall_probes,
-    write_report,
+    ADMIN_KEY, CLIENT_CORE, CONNECTIONS, Damon, Phase, Pinning, Profiler, SERVER_CORE, SERVICE,
+    Server, Settings, build_customers_bundle, call, core_count, cpu_model, deploy, describe_stalls,
+    load, lookup_path, lookup_requests, machine, node_binary, pin_self, reexecuted_role,
+    stall_probes, write_report,
 };
 use bytes::Bytes;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn main() {
     if reexecuted_role() {
@@ -212,6 +212,9 @@ struct Results {
     half_rate: f64,
     records: Vec<Records>,
     stalls: Option<[Value; 2]>,
+    /// The kernel's DAMON monitors that were on, their CPU through the rounds (ms), and the
+    /// rounds' length (s).
+    damon: Option<(String, f64, f64)>,
     answer_bytes: usize,
     work_filesystem: String,
     /// `/proc/loadavg` before the rounds and after: other work on the machine.
@@ -318,6 +321,8 @@ fn run(settings: &Settings, pinning: &Pinning, rounds: usize) -> Results {
 
     let stalls = stall_probes(pinning, if settings.full { 5.0 } else { 0.5 });
     let load_before = load_average();
+    let damon = Damon::read();
+    let (damon_before, rounds_start) = (damon.cpu_ms(), Instant::now());
 
     let mut slots = Vec::new();
     let mut half_rate = None;
@@ -348,6 +353,8 @@ fn run(settings: &Settings, pinning: &Pinning, rounds: usize) -> Results {
     }
 
     let load_after = load_average();
+    let damon_ms = damon.cpu_ms() - damon_before;
+    let rounds_seconds = rounds_start.elapsed().as_secs_f64();
     let records = nodes
         .into_iter()
         .map(|node| stop_and_count(&runtime, node))
@@ -365,6 +372,9 @@ fn run(settings: &Settings, pinning: &Pinning, rounds: usize) -> Results {
         half_rate: half_rate.unwrap_or(0.0),
         records,
         stalls,
+        damon: damon
+            .description
+            .map(|description| (description, damon_ms, rounds_seconds)),
         answer_bytes,
         work_filesystem,
         load_average: [load_before, load_after],
@@ -545,6 +555,11 @@ fn render(settings: &Settings, pinning: &Pinning, results: &Results) -> Report {
             describe_stalls(core1)
         ));
     }
+    if let Some((damon, ms, seconds)) = &results.damon {
+        line(format!(
+            "- the kernel's DAMON monitor (kdamond, a core for milliseconds at a time, either core): {damon}; its CPU through the rounds: {ms:.0} ms in {seconds:.0} s"
+        ));
+    }
 
     line(
         "\n| round | audit log | max req/s | p50 | p99 | server CPU (system) | CPU per request | server core: other work, stolen | open loop p50 | p99 | p99.9 | errors |"
@@ -655,6 +670,11 @@ fn render(settings: &Settings, pinning: &Pinning, results: &Results) -> Report {
         "pinning": pinning.describe(),
         "work_filesystem": results.work_filesystem,
         "load_average_before_and_after": results.load_average,
+        "damon": results.damon.as_ref().map(|(description, ms, seconds)| json!({
+            "description": description,
+            "rounds_cpu_ms": ms,
+            "rounds_seconds": seconds,
+        })),
         "stall_probe": results.stalls.as_ref().map(|[a, b]| json!({
             "server_core": a,
             "load_generator_core": b,
