@@ -599,6 +599,10 @@ mod tests {
             Some(json!({"record": {}, "context": "null"}))
         );
         assert_eq!(
+            plain(Action::Lookup, br#"{"data": {}}"#),
+            Some(json!({"record": {}, "context": null}))
+        );
+        assert_eq!(
             plain(
                 Action::Lookup,
                 br#"{"data": {}, "explanations": {"enabled": true}}"#
@@ -636,7 +640,8 @@ mod tests {
             Some(json!({"record": {"a": 1, "b": "x"}, "context": r#"{"c": 2}"#}))
         );
         for body in [
-            &br#"{"features": {}, "explanations": null}"#[..],
+            &br#"{"features": {}}"#[..],
+            br#"{"features": {}, "explanations": null}"#,
             br#"{"features": {}, "explanations": {"enabled": false}}"#,
             br#"{"features": {}, "dispatch": null}"#,
         ] {
@@ -655,6 +660,7 @@ mod tests {
             br#"{"features": {}, "explanations": {"enabled": "yes"}}"#,
             br#"{"features": {}, "explanations": "no"}"#,
             br#"{"features": {}, "features": {}}"#,
+            br#"{"features": {}, "dispatch": {"dispatchKey": "k"}}"#,
         ]) {
             assert_eq!(
                 plain(Action::Predict, body),
@@ -712,8 +718,18 @@ mod tests {
                 Action::PredictMulti,
                 br#"{"items": [], "explanations": {"enabled": true}}"#,
             ),
+            (Action::PredictMulti, br#"{}"#),
+            (
+                Action::PredictMulti,
+                br#"{"items": [], "dispatch": {"dispatchKey": "k"}}"#,
+            ),
+            (
+                Action::PredictMulti,
+                br#"{"items": [{"features": {}, "features": {}}]}"#,
+            ),
         ]
         .into_iter()
+        .chain(NOT_PLAIN.map(|body| (Action::LookupMulti, body)))
         .chain(NOT_PLAIN.map(|body| (Action::PredictMulti, body)))
         {
             assert_eq!(
