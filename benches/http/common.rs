@@ -141,11 +141,19 @@ pub struct Pinning {
 
 impl Pinning {
     pub fn describe(&self) -> String {
-        match &self.skipped {
+        let pinned = match &self.skipped {
             None => format!(
                 "servers on core {SERVER_CORE}, load generator on core {CLIENT_CORE}, via taskset"
             ),
             Some(reason) => format!("not pinned: {reason}"),
+        };
+        // Run under `nice -n N`, the servers inherit it: say so, since it decides who waits
+        // when a kernel thread (such as `kdamond`) wants the servers' core.
+        match own_nice() {
+            Some(nice) if nice != 0 => {
+                format!("{pinned}; load generator and servers at nice {nice}")
+            }
+            _ => pinned,
         }
     }
 
@@ -159,6 +167,14 @@ impl Pinning {
             Command::new(program)
         }
     }
+}
+
+/// This process's nice value (`/proc/self/stat`'s 19th field), which its children inherit.
+fn own_nice() -> Option<i64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command's closing parenthesis start at the 3rd.
+    let after_command = &stat[stat.rfind(')')? + 1..];
+    after_command.split_whitespace().nth(16)?.parse().ok()
 }
 
 pub fn pin_self() -> Pinning {
