@@ -269,6 +269,9 @@ pub(super) type PlainItem<'r, 'a> = (&'r JsonRecord<'a>, Option<&'a RawValue>);
 /// were what made the request path's allocations several times costlier (docs/benchmarks.md).
 #[derive(Debug, Default)]
 struct Scratch {
+    /// UTF-8 JSON only, so the log takes its parts unchecked (`Payload::trusted_bytes`): an
+    /// answer is checked once as it is copied in ([`write_answer`]), inputs are written by
+    /// serde_json, and a cut payload is cut at a character boundary ([`write_cut`]).
     text: Vec<u8>,
     /// Per item: where its output is in `text`, and whether it was cut; `None` when payloads
     /// are off.
@@ -511,7 +514,7 @@ impl QueryAudit {
                         write_inputs(text, action, body, None);
                     }
                 });
-                r.inputs = Some(Payload::trusted(json_text(text)));
+                r.inputs = Some(Payload::trusted_bytes(&text[..]));
             } else if let Some(plain_inputs) = &plain_inputs {
                 // As the tree's: a multi call's items as one array, cut as a whole.
                 let start = text.len();
@@ -529,7 +532,7 @@ impl QueryAudit {
                         text.push(b']');
                     }
                 });
-                r.inputs = Some(Payload::trusted(json_text(&text[start..])));
+                r.inputs = Some(Payload::trusted_bytes(&text[start..]));
             }
             logging.push(node.log.log(&r, node.durability));
             return logging;
@@ -565,14 +568,14 @@ impl QueryAudit {
                 r.context = Some(Cow::Borrowed(context));
             }
             if let Some((range, cut)) = output {
-                r.outputs = Some(Payload::trusted(json_text(&text[range.clone()])));
+                r.outputs = Some(Payload::trusted_bytes(&text[range.clone()]));
                 r.truncated |= cut;
             }
             if let Some(cut) = inputs_cut {
-                r.inputs = Some(Payload::trusted(json_text(&text[outputs_end..])));
+                r.inputs = Some(Payload::trusted_bytes(&text[outputs_end..]));
                 r.truncated |= cut;
             } else if let Some((range, cut)) = plain_cut {
-                r.inputs = Some(Payload::trusted(json_text(&text[range])));
+                r.inputs = Some(Payload::trusted_bytes(&text[range]));
                 r.truncated |= cut;
             }
             logging.push(node.log.log(&r, node.durability));
@@ -733,11 +736,6 @@ fn write_answer(text: &mut Vec<u8>, bytes: &[u8], max: usize) -> bool {
         Err(_) => write_cut(text, bytes, max),
     }
     false
-}
-
-/// Text this module wrote as JSON (always UTF-8).
-fn json_text(bytes: &[u8]) -> &str {
-    std::str::from_utf8(bytes).unwrap_or("null")
 }
 
 /// Logs a user query's records and returns the answer to send: `response`, or a 503 when the
