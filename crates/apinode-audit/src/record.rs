@@ -284,10 +284,11 @@ impl AuditRecord<'_> {
 /// record.
 type Names<'r> = [Option<&'r str>; 6];
 
-/// A thread's last [`Names`] and their text in the line.
+/// A thread's last [`Names`] and their text in the line. A name's buffer is kept while the
+/// name is absent, so records that alternate a field's presence do not allocate.
 #[derive(Default)]
 struct LastNames {
-    names: [Option<String>; 6],
+    names: [(bool, String); 6],
     text: Vec<u8>,
 }
 
@@ -321,17 +322,13 @@ impl AuditRecord<'_> {
                 .names
                 .iter()
                 .zip(names)
-                .all(|(kept, name)| kept.as_deref() == name);
+                .all(|((present, kept), name)| (*present).then_some(kept.as_str()) == name);
             if !same {
                 let LastNames { names: kept, text } = &mut *last;
-                for (kept, name) in kept.iter_mut().zip(names) {
-                    match (kept.as_mut(), name) {
-                        (Some(kept), Some(name)) => {
-                            kept.clear();
-                            kept.push_str(name);
-                        }
-                        (_, name) => *kept = name.map(str::to_owned),
-                    }
+                for ((present, kept), name) in kept.iter_mut().zip(names) {
+                    *present = name.is_some();
+                    kept.clear();
+                    kept.push_str(name.unwrap_or_default());
                 }
                 text.clear();
                 write_names(text, names);

@@ -240,8 +240,9 @@ impl Flushed {
 
 impl Logged {
     /// The outcome, when it is already known (an `async` record, or one refused at once):
-    /// taken without polling the future, which on the query path costs more than the answer
-    /// it gives. `None` when it is still to come; the future then resolves as usual.
+    /// taken without polling the future (an `async` query's state machine for nothing: 4% of
+    /// the log's instructions per query). `None` when it is still to come; the future then
+    /// resolves as usual.
     pub fn settled(&mut self) -> Option<Result<()>> {
         match &mut self.state {
             LoggedState::Ready(result) => Some(result.take().unwrap_or(Ok(()))),
