@@ -196,6 +196,26 @@ impl<'a> AuditRecord<'a> {
         }
     }
 
+    /// Where the record goes.
+    pub fn key(&self) -> RecordKey<'_> {
+        RecordKey {
+            stream: self.stream,
+            time: self.time,
+            service: &self.service,
+        }
+    }
+}
+
+/// Where a record goes: its stream, its service (the query stream's partitions), the hour of
+/// its time.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordKey<'a> {
+    pub stream: Stream,
+    pub time: DateTime<Utc>,
+    pub service: &'a str,
+}
+
+impl RecordKey<'_> {
     /// Whether the record goes to `partition`'s segment (without building its partition).
     pub(crate) fn belongs_to(&self, partition: &Partition) -> bool {
         self.stream == partition.stream
@@ -211,7 +231,7 @@ impl<'a> AuditRecord<'a> {
         Partition {
             stream: self.stream,
             service: match self.stream {
-                Stream::Queries => self.service.clone().into_owned(),
+                Stream::Queries => self.service.to_owned(),
                 Stream::Auth | Stream::Admin => String::new(),
             },
             hour: self.time.timestamp().div_euclid(3600),
@@ -219,101 +239,48 @@ impl<'a> AuditRecord<'a> {
     }
 }
 
-impl AuditRecord<'_> {
-    /// Appends the record's JSON line (and its newline) to `out`: the same bytes as serde's
-    /// serialization of the record, written field by field, with no intermediate string (the
-    /// time formatted from its parts, strings copied as they are unless they need escaping).
-    pub(crate) fn write_line(&self, out: &mut Vec<u8>) {
+/// Which payload [`RecordLine::trusted_payload`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadField {
+    Inputs,
+    Outputs,
+}
+
+/// A record's JSON line, written straight into its batch by the caller of
+/// [`crate::AuditLog::log_with`], field by field from the caller's own state: no
+/// [`AuditRecord`] assembled, no payload copied into a buffer of its own first. Each method
+/// writes its fields of [`AuditRecord`] (those it is given `None` for left out); called once
+/// each, in the order below, the line is the one [`AuditRecord`] with the same fields writes,
+/// byte for byte (the record's own line is written through them).
+#[derive(Debug)]
+pub struct RecordLine<'o> {
+    out: &'o mut Vec<u8>,
+}
+
+impl<'o> RecordLine<'o> {
+    pub(crate) fn new(out: &'o mut Vec<u8>) -> RecordLine<'o> {
+        RecordLine { out }
+    }
+
+    /// `time`, `request_id` and `item`: first.
+    pub fn start(&mut self, time: &DateTime<Utc>, request_id: &str, item: Option<usize>) {
+        let out = &mut *self.out;
         out.extend_from_slice(b"{\"time\":\"");
-        write_time(out, &self.time);
+        write_time(out, time);
         out.extend_from_slice(b"\",\"request_id\":");
-        write_str(out, &self.request_id);
-        if let Some(item) = self.item {
+        write_str(out, request_id);
+        if let Some(item) = item {
             out.extend_from_slice(b",\"item\":");
             out.extend_from_slice(itoa::Buffer::new().format(item).as_bytes());
         }
-        self.write_names(out);
-        if let Some(address) = self.client_address {
-            out.extend_from_slice(b",\"client_address\":\"");
-            write_address(out, &address);
-            out.push(b'"');
-        }
-        if let Some(context) = &self.context {
-            out.extend_from_slice(b",\"context\":");
-            write_json(out, context);
-        }
-        if let Some(inputs) = &self.inputs {
-            out.extend_from_slice(b",\"inputs\":");
-            out.extend_from_slice(inputs.as_bytes());
-        }
-        if let Some(outputs) = &self.outputs {
-            out.extend_from_slice(b",\"outputs\":");
-            out.extend_from_slice(outputs.as_bytes());
-        }
-        if self.truncated {
-            out.extend_from_slice(b",\"truncated\":true");
-        }
-        out.extend_from_slice(b",\"status\":");
-        out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
-        for (name, value) in [
-            (&b",\"error_type\":"[..], &self.error_type),
-            (b",\"error_message\":", &self.error_message),
-        ] {
-            if let Some(value) = value {
-                out.extend_from_slice(name);
-                write_str(out, value);
-            }
-        }
-        if !self.timing.is_empty() {
-            out.extend_from_slice(b",\"timing\":{");
-            for (i, (step, micros)) in self.timing.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(out, step);
-                out.push(b':');
-                out.extend_from_slice(itoa::Buffer::new().format(*micros).as_bytes());
-            }
-            out.push(b'}');
-        }
-        out.extend_from_slice(b"}\n");
-    }
-}
-
-/// The fields from `service` to `api_key_id`, which a node's queries repeat from record to
-/// record.
-type Names<'r> = [Option<&'r str>; 6];
-
-/// A thread's last [`Names`] and their text in the line. A name's buffer is kept while the
-/// name is absent, so records that alternate a field's presence do not allocate.
-#[derive(Default)]
-struct LastNames {
-    names: [(bool, String); 6],
-    text: Vec<u8>,
-}
-
-thread_local! {
-    static LAST_NAMES: RefCell<LastNames> = RefCell::default();
-}
-
-impl AuditRecord<'_> {
-    fn names(&self) -> Names<'_> {
-        [
-            Some(&self.service),
-            self.endpoint.as_ref(),
-            self.endpoint_kind.as_ref(),
-            self.generation.as_ref(),
-            self.deployment_id.as_ref(),
-            self.api_key_id.as_ref(),
-        ]
-        .map(|name| name.map(|n| &**n))
     }
 
-    /// `,"service":...` to `api_key_id`: copied from this thread's last record's when they are
-    /// the same (six comparisons), else written and kept. Written each time, their string
-    /// scans and copies were a tenth of the log's instructions per query.
-    fn write_names(&self, out: &mut Vec<u8>) {
-        let names = self.names();
+    /// `service`, `endpoint`, `endpoint_kind`, `generation`, `deployment_id`, `api_key_id`:
+    /// copied from this thread's last line when they are the same (six comparisons), else
+    /// written and kept. Written each time, their string scans and copies were a tenth of the
+    /// log's instructions per query.
+    pub fn names(&mut self, names: Names<'_>) {
+        let out = &mut *self.out;
         let copied = LAST_NAMES.try_with(|last| {
             let Ok(mut last) = last.try_borrow_mut() else {
                 return false;
@@ -339,6 +306,145 @@ impl AuditRecord<'_> {
         if copied != Ok(true) {
             write_names(out, names);
         }
+    }
+
+    /// `client_address`.
+    pub fn client_address(&mut self, address: Option<&SocketAddr>) {
+        if let Some(address) = address {
+            self.out.extend_from_slice(b",\"client_address\":\"");
+            write_address(self.out, address);
+            self.out.push(b'"');
+        }
+    }
+
+    /// `context`.
+    pub fn context(&mut self, context: Option<&Value>) {
+        if let Some(context) = context {
+            self.out.extend_from_slice(b",\"context\":");
+            write_json(self.out, context);
+        }
+    }
+
+    /// `inputs` or `outputs` (inputs first), as what `write` appends to the line: JSON text,
+    /// UTF-8, which the caller vouches for as [`Payload::trusted_bytes`] does (checked in debug
+    /// builds). `write` returns what the caller wants back (whether it cut the payload, say).
+    pub fn trusted_payload<R>(
+        &mut self,
+        field: PayloadField,
+        write: impl FnOnce(&mut Vec<u8>) -> R,
+    ) -> R {
+        self.out.extend_from_slice(match field {
+            PayloadField::Inputs => b",\"inputs\":",
+            PayloadField::Outputs => b",\"outputs\":",
+        });
+        let start = self.out.len();
+        let result = write(self.out);
+        debug_assert!(
+            serde_json::from_slice::<&RawValue>(&self.out[start..]).is_ok(),
+            "a trusted payload is not JSON: {}",
+            String::from_utf8_lossy(&self.out[start..])
+        );
+        result
+    }
+
+    /// `truncated`, `status`, `error_type`, `error_message`, `timing`, and the line's end:
+    /// last.
+    pub fn end(
+        self,
+        truncated: bool,
+        status: u16,
+        (error_type, error_message): (Option<&str>, Option<&str>),
+        timing: &[(&str, u64)],
+    ) {
+        let out = self.out;
+        if truncated {
+            out.extend_from_slice(b",\"truncated\":true");
+        }
+        out.extend_from_slice(b",\"status\":");
+        out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+        for (name, value) in [
+            (&b",\"error_type\":"[..], error_type),
+            (b",\"error_message\":", error_message),
+        ] {
+            if let Some(value) = value {
+                out.extend_from_slice(name);
+                write_str(out, value);
+            }
+        }
+        if !timing.is_empty() {
+            out.extend_from_slice(b",\"timing\":{");
+            for (i, (step, micros)) in timing.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(out, step);
+                out.push(b':');
+                out.extend_from_slice(itoa::Buffer::new().format(*micros).as_bytes());
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+impl AuditRecord<'_> {
+    /// Appends the record's JSON line (and its newline) to `out`: the same bytes as serde's
+    /// serialization of the record, written field by field, with no intermediate string (the
+    /// time formatted from its parts, strings copied as they are unless they need escaping).
+    #[cfg(test)]
+    pub(crate) fn write_line(&self, out: &mut Vec<u8>) {
+        self.write_to(RecordLine::new(out));
+    }
+
+    pub(crate) fn write_to(&self, mut line: RecordLine<'_>) {
+        line.start(&self.time, &self.request_id, self.item);
+        line.names(self.names());
+        line.client_address(self.client_address.as_ref());
+        line.context(self.context.as_deref());
+        for (field, payload) in [
+            (PayloadField::Inputs, &self.inputs),
+            (PayloadField::Outputs, &self.outputs),
+        ] {
+            if let Some(payload) = payload {
+                line.trusted_payload(field, |out| out.extend_from_slice(payload.as_bytes()));
+            }
+        }
+        line.end(
+            self.truncated,
+            self.status,
+            (self.error_type.as_deref(), self.error_message.as_deref()),
+            self.timing,
+        );
+    }
+}
+
+/// The fields from `service` to `api_key_id`, which a node's queries repeat from record to
+/// record.
+pub type Names<'r> = [Option<&'r str>; 6];
+
+/// A thread's last [`Names`] and their text in the line. A name's buffer is kept while the
+/// name is absent, so records that alternate a field's presence do not allocate.
+#[derive(Default)]
+struct LastNames {
+    names: [(bool, String); 6],
+    text: Vec<u8>,
+}
+
+thread_local! {
+    static LAST_NAMES: RefCell<LastNames> = RefCell::default();
+}
+
+impl AuditRecord<'_> {
+    fn names(&self) -> Names<'_> {
+        [
+            Some(&self.service),
+            self.endpoint.as_ref(),
+            self.endpoint_kind.as_ref(),
+            self.generation.as_ref(),
+            self.deployment_id.as_ref(),
+            self.api_key_id.as_ref(),
+        ]
+        .map(|name| name.map(|n| &**n))
     }
 }
 
@@ -647,14 +753,15 @@ mod tests {
     fn records_go_to_their_service_and_hour() {
         let time = Utc.with_ymd_and_hms(2026, 12, 5, 7, 30, 0).unwrap();
         let record = AuditRecord::new(Stream::Queries, time, "r1", "churn", 200);
-        let partition = record.partition();
+        let partition = record.key().partition();
         assert_eq!(partition.folder(), "service=churn/date=2026-12-05/hour=07");
         let name = partition.spool_name("node1-0001");
         assert_eq!(
             Partition::from_spool_name(&name),
             Some((partition, "node1-0001".to_owned()))
         );
-        let auth = AuditRecord::new(Stream::Auth, time, "r2", "churn", 401).partition();
+        let auth = AuditRecord::new(Stream::Auth, time, "r2", "churn", 401);
+        let auth = auth.key().partition();
         assert_eq!(auth.folder(), "_auth/date=2026-12-05/hour=07");
         let json = serde_json::to_value(&record).unwrap();
         assert_eq!(json["service"], "churn");

@@ -21,7 +21,7 @@
 
 use crate::direct;
 use crate::error::{Error, Result};
-use crate::record::{AuditRecord, Partition};
+use crate::record::{AuditRecord, Partition, RecordKey, RecordLine};
 use crate::store::LogStore;
 use crate::upload::Uploader;
 use std::collections::HashMap;
@@ -415,6 +415,19 @@ impl AuditLog {
     /// With the spool at its cap, or the queue full, the record is refused
     /// ([`Error::SpoolFull`]) or dropped, as the config says.
     pub fn log(&self, record: &AuditRecord<'_>, durability: Durability) -> Logged {
+        self.log_with(record.key(), durability, |line| record.write_to(line))
+    }
+
+    /// As [`AuditLog::log`], for a record whose line `write` writes field by field from the
+    /// caller's state ([`RecordLine`]): straight into the pending batch for `write` and
+    /// `async`. `write` is not called when the record is refused or dropped. Should it panic,
+    /// the line is taken out of the batch again.
+    pub fn log_with(
+        &self,
+        key: RecordKey<'_>,
+        durability: Durability,
+        write: impl FnOnce(RecordLine<'_>),
+    ) -> Logged {
         let ready = |result| Logged {
             state: LoggedState::Ready(Some(result)),
         };
@@ -423,13 +436,13 @@ impl AuditLog {
             return ready(self.full(used));
         }
         if durability != Durability::Fsync {
-            return self.batch(record, durability);
+            return self.batch(key, durability, write);
         }
         let (tx, rx) = oneshot::channel();
         let mut line = Vec::with_capacity(512);
-        record.write_line(&mut line);
+        write(RecordLine::new(&mut line));
         let job = Job::Record {
-            partition: record.partition(),
+            partition: key.partition(),
             line,
             done: tx,
         };
@@ -453,7 +466,12 @@ impl AuditLog {
     /// the batch's flush on this thread's runtime (without one, it is flushed at once): after
     /// this scheduler pass for a `write` record, whose answer waits for it; at the end of the
     /// `async` window for a batch of `async` records only.
-    fn batch(&self, record: &AuditRecord<'_>, durability: Durability) -> Logged {
+    fn batch(
+        &self,
+        key: RecordKey<'_>,
+        durability: Durability,
+        write: impl FnOnce(RecordLine<'_>),
+    ) -> Logged {
         let ready = |result| Logged {
             state: LoggedState::Ready(Some(result)),
         };
@@ -471,17 +489,26 @@ impl AuditLog {
                 done: Arc::default(),
             });
             // A batch holds one or two partitions: a scan beats hashing the service name.
-            let at = match batch.lines.iter().position(|(p, ..)| record.belongs_to(p)) {
+            let at = match batch.lines.iter().position(|(p, ..)| key.belongs_to(p)) {
                 Some(at) => at,
                 None => {
                     let buffer = spare.pop().unwrap_or_else(|| Vec::with_capacity(16 << 10));
-                    batch.lines.push((record.partition(), buffer, 0));
+                    batch.lines.push((key.partition(), buffer, 0));
                     batch.lines.len() - 1
                 }
             };
             let (_, bytes, records) = &mut batch.lines[at];
             let before = bytes.len();
-            record.write_line(bytes);
+            // A line cut short would break its segment: a panic takes it out again (the lock,
+            // poisoned, is taken over by the next caller).
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                write(RecordLine::new(bytes))
+            }));
+            if let Err(panic) = written {
+                bytes.truncate(before);
+                drop(pending);
+                std::panic::resume_unwind(panic);
+            }
             *records += 1;
             batch.bytes += bytes.len() - before;
             let waiter = (durability == Durability::Write).then(|| batch.done.clone());

@@ -7,7 +7,10 @@
 use super::{ApiError, AppState};
 use crate::config::{AuditSettings, ServicePolicy};
 use anyhow::Context;
-use apinode_audit::{AuditLog, AuditRecord, Durability, Logged, Payload, Stream};
+use apinode_audit::{
+    AuditLog, AuditRecord, Durability, Logged, Names, Payload, PayloadField, RecordKey, RecordLine,
+    Stream,
+};
 use apinode_lookup::{JsonRecord, JsonRef};
 use apinode_runtime::Action;
 use axum::extract::{Request, State};
@@ -108,7 +111,8 @@ impl NodeAudit {
             generation: None,
             key_id: None,
             kind: None,
-            scratch: Scratch::take(),
+            scratch: Scratch::default(),
+            logged: None,
             timing: [("", 0); TIMING_STEPS],
             steps: 0,
             failure: None,
@@ -248,6 +252,16 @@ pub(crate) struct QueryAudit {
     timing: [(&'static str, u64); TIMING_STEPS],
     steps: usize,
     failure: Option<(u16, String, String)>,
+    /// The records, when they were written as the answer was ([`QueryAudit::log_answered`]).
+    logged: Option<Logging>,
+}
+
+/// An item's output, as [`QueryAudit::log_answered`] takes it.
+pub(super) enum ItemOutput<'b> {
+    /// The item's JSON as the answer has it.
+    Answer(&'b [u8]),
+    /// A lookup item the lookup ignored, and why.
+    Ignored(&'static str),
 }
 
 /// A call read without a tree ([`QueryAudit::plain_request`]).
@@ -294,6 +308,15 @@ const SCRATCH_KEPT_BYTES: usize = 64 << 10;
 const SCRATCH_KEPT_ITEMS: usize = 1024;
 
 impl Scratch {
+    /// This thread's spare buffers, the first time a query needs them: a query whose records
+    /// are written as its answer is ([`QueryAudit::log_answered`]) never does.
+    fn ready(&mut self) -> &mut Scratch {
+        if self.text.capacity() == 0 {
+            *self = Scratch::take();
+        }
+        self
+    }
+
     fn take() -> Scratch {
         SPARE_SCRATCH
             .try_with(|spare| spare.try_borrow_mut().ok()?.pop())
@@ -350,7 +373,7 @@ impl QueryAudit {
     ) {
         self.action = Some(action);
         let parse = |raw: &RawValue| serde_json::from_str(raw.get()).ok();
-        let text = &mut self.scratch.text;
+        let text = &mut self.scratch.ready().text;
         let inputs = self.policy.payloads.then(|| {
             items
                 .iter()
@@ -401,7 +424,7 @@ impl QueryAudit {
     /// Adds an item's output, written by `write` (which says whether it cut it), or `None`
     /// when payloads are off.
     fn push_output(&mut self, write: impl FnOnce(&mut Vec<u8>, usize) -> bool) {
-        let scratch = &mut self.scratch;
+        let scratch = self.scratch.ready();
         let output = self.policy.payloads.then(|| {
             let start = scratch.text.len();
             let cut = write(&mut scratch.text, self.policy.max_payload_bytes);
@@ -430,9 +453,89 @@ impl QueryAudit {
         ));
     }
 
+    /// Writes the records of a call read without a tree and answered at once, as its answer is
+    /// written (`total`, the answer's own `timing.total`): each line straight into the log's
+    /// batch from the request's records and the answer's items (`outputs(i)` for item `i` of
+    /// `count`), with nothing copied into the scratch text first, for [`QueryAudit::log`] to
+    /// hand on. The lines are those [`QueryAudit::log`] writes from what
+    /// [`QueryAudit::plain_request`] and [`QueryAudit::output`] collect (a test holds the two to
+    /// the same lines).
+    pub(super) fn log_answered<'b>(
+        &mut self,
+        (service, endpoint, action): (&str, &str, Action),
+        (items, context): (&[PlainItem<'_, '_>], Option<&RawValue>),
+        (count, outputs): (usize, &dyn Fn(usize) -> ItemOutput<'b>),
+        steps: &[(&'static str, u64)],
+        total: u64,
+    ) {
+        let node = &*self.node;
+        let mut timing = [("", 0); TIMING_STEPS];
+        // One slot stays for `total`.
+        debug_assert!(
+            steps.len() < TIMING_STEPS,
+            "too many timing steps: {steps:?}"
+        );
+        let given = steps.len().min(TIMING_STEPS - 1);
+        timing[..given].copy_from_slice(&steps[..given]);
+        timing[given] = ("total", total);
+        let timing = &timing[..=given];
+        let key = RecordKey {
+            stream: Stream::Queries,
+            time: self.time,
+            service,
+        };
+        let names: Names<'_> = [
+            Some(service),
+            Some(endpoint),
+            self.kind,
+            self.generation.as_deref(),
+            node.deployment_id.as_deref(),
+            self.key_id.as_deref(),
+        ];
+        self.action = Some(action);
+        let multi = matches!(action, Action::PredictMulti | Action::LookupMulti);
+        let (payloads, max) = (self.policy.payloads, self.policy.max_payload_bytes);
+        let mut logging = Logging::default();
+        for i in 0..count {
+            let input = items.get(i);
+            let own_context = input.and_then(|(_, own)| *own).filter(|_| multi);
+            // Parsed (only when there is one) to be written as the tree's records write it.
+            let context: Option<Value> = own_context
+                .or(context)
+                .and_then(|raw| serde_json::from_str(raw.get()).ok());
+            let write = |mut line: RecordLine<'_>| {
+                line.start(&self.time, self.request_id.as_str(), multi.then_some(i));
+                line.names(names);
+                line.client_address(self.client.as_ref());
+                line.context(context.as_ref());
+                let mut truncated = false;
+                if payloads {
+                    if let Some((record, _)) = input {
+                        truncated |= line.trusted_payload(PayloadField::Inputs, |out| {
+                            write_capped(out, max, |out| write_record(out, record))
+                        });
+                    }
+                    truncated |=
+                        line.trusted_payload(PayloadField::Outputs, |out| match outputs(i) {
+                            ItemOutput::Answer(bytes) => write_answer(out, bytes, max),
+                            ItemOutput::Ignored(reason) => write_capped(out, max, |out| {
+                                write_json(out, &json!({"ignored": true, "ignoreReason": reason}))
+                            }),
+                        });
+                }
+                line.end(truncated, StatusCode::OK.as_u16(), (None, None), timing);
+            };
+            logging.push(node.log.log_with(key, node.durability, write));
+        }
+        self.logged = Some(logging);
+    }
+
     /// Writes the query's records (one, or one per item of a multi call) into the log now;
     /// the answer may leave once the returned [`Logging`] resolves.
     fn log(self, status: StatusCode, start: Instant, (service, endpoint): (&str, &str)) -> Logging {
+        if let Some(logging) = self.logged {
+            return logging;
+        }
         let QueryAudit {
             node,
             request_id,
@@ -449,6 +552,7 @@ impl QueryAudit {
             mut timing,
             mut steps,
             failure,
+            logged: _,
         } = self;
         timing[steps] = ("total", start.elapsed().as_micros() as u64);
         steps += 1;
@@ -911,6 +1015,7 @@ pub(super) async fn admin_middleware(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use apinode_audit::AuditConfig;
 
     /// What `write` appends, as text, and whether it cut it.
     fn written(write: impl FnOnce(&mut Vec<u8>) -> bool) -> (String, bool) {
@@ -1034,6 +1139,190 @@ mod tests {
                     String::from_utf8(by_record).unwrap(),
                     String::from_utf8(by_tree).unwrap(),
                     "{field}: {data}"
+                );
+            }
+        }
+    }
+
+    /// Every line of the records under `dir`, by request id and item.
+    fn lines_by_request(dir: &std::path::Path) -> BTreeMap<(String, u64), Vec<String>> {
+        let mut lines: BTreeMap<_, Vec<_>> = BTreeMap::new();
+        let mut folders = vec![dir.to_owned()];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    folders.push(path);
+                    continue;
+                }
+                for line in std::fs::read_to_string(&path).unwrap().lines() {
+                    let record: Value = serde_json::from_str(line).unwrap();
+                    let id = record["request_id"].as_str().unwrap().to_owned();
+                    let item = record["item"].as_u64().unwrap_or(u64::MAX);
+                    lines.entry((id, item)).or_default().push(line.to_owned());
+                }
+            }
+        }
+        lines
+    }
+
+    /// A line without its `timing.total` (the one field the two ways take from different
+    /// clock reads).
+    fn without_total(line: &str) -> String {
+        let at = line.find("\"total\":").unwrap() + "\"total\":".len();
+        let end = at + line[at..].find('}').unwrap();
+        format!("{}{}", &line[..at], &line[end..])
+    }
+
+    /// A call read without a tree and answered at once has its records written as its answer
+    /// is (`log_answered`); they are the lines the records collected to the end would be
+    /// (`plain_request`, `output`, `log`), byte for byte: single and multi calls, with and
+    /// without contexts, lookup items ignored, payloads off, and payloads cut to a cap.
+    #[tokio::test]
+    async fn records_written_as_the_answer_is_are_those_collected_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        const ANSWER: &[u8] =
+            "{\"id\":1,\"name\":\"Saint-\u{c9}tienne\",\"tags\":[1,2]}".as_bytes();
+        // Action, body (data or features, and contexts), the items' outputs (`None`: ignored).
+        type Case = (Action, &'static str, &'static [Option<&'static [u8]>]);
+        let cases: [Case; 5] = [
+            (
+                Action::Lookup,
+                r#"{"data": {"id": 1}, "context": {"rid": "one"}}"#,
+                &[Some(ANSWER)],
+            ),
+            (
+                Action::Lookup,
+                r#"{"data": {"id": "x\n", "b": 2}}"#,
+                &[None],
+            ),
+            (
+                Action::LookupMulti,
+                r#"{"items": [{"data": {"id": 1}}, {"data": {"id": 9}, "context": {"own": [1]}},
+                    {"data": {"z": null, "a": 1.5}}], "context": {"rid": "multi"}}"#,
+                &[Some(ANSWER), None, Some(b"{}")],
+            ),
+            (
+                Action::Predict,
+                r#"{"features": {"age": 40, "city": "Lyon"}, "context": null}"#,
+                &[Some(
+                    br#"{"prediction":"yes","probas":{"yes":0.75,"no":0.25}}"#,
+                )],
+            ),
+            (
+                Action::PredictMulti,
+                r#"{"items": [{"features": {"age": 1}}, {"features": {"age": 2}, "context": {"x": 1}}]}"#,
+                &[
+                    Some(br#"{"prediction":"no"}"#),
+                    Some(br#"{"prediction":"yes"}"#),
+                ],
+            ),
+        ];
+        let policies = [
+            ServicePolicy::default(),
+            ServicePolicy {
+                max_payload_bytes: 12,
+                ..ServicePolicy::default()
+            },
+            ServicePolicy {
+                payloads: false,
+                ..ServicePolicy::default()
+            },
+        ];
+        for (p, policy) in policies.into_iter().enumerate() {
+            let settings = AuditSettings {
+                store: dir.path().join(format!("store-{p}")).display().to_string(),
+                options: Vec::new(),
+                store_origin: "a test".into(),
+                durability: Durability::Write,
+                log: AuditConfig::new(dir.path().join(format!("spool-{p}")), "n1"),
+                deployment_id: Some("prod".into()),
+                services: BTreeMap::from([("shop".to_owned(), policy)]),
+            };
+            let node = Arc::new(NodeAudit::open(&settings).await.unwrap());
+            let client: SocketAddr = "10.1.2.3:4567".parse().unwrap();
+            let generation: Arc<str> = Arc::from("g-1");
+            for (action, body, outputs) in cases {
+                let body: Value = serde_json::from_str(body).unwrap();
+                let field = match action {
+                    Action::Lookup | Action::LookupMulti => "data",
+                    _ => "features",
+                };
+                let text = |value: &Value| serde_json::to_string(value).unwrap();
+                let sources: Vec<(String, Option<String>)> = match body.get("items") {
+                    Some(items) => items
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|item| (text(&item[field]), item.get("context").map(text)))
+                        .collect(),
+                    None => vec![(text(&body[field]), None)],
+                };
+                let records: Vec<JsonRecord<'_>> = sources
+                    .iter()
+                    .map(|(data, _)| serde_json::from_str(data).unwrap())
+                    .collect();
+                let own: Vec<Option<&RawValue>> = sources
+                    .iter()
+                    .map(|(_, context)| {
+                        context.as_deref().map(|c| serde_json::from_str(c).unwrap())
+                    })
+                    .collect();
+                let items: Vec<PlainItem<'_, '_>> =
+                    records.iter().zip(own.iter().copied()).collect();
+                let context_text = body.get("context").map(text);
+                let context: Option<&RawValue> = context_text
+                    .as_deref()
+                    .map(|c| serde_json::from_str(c).unwrap());
+                let item_output = |i: usize| match outputs[i] {
+                    Some(bytes) => ItemOutput::Answer(bytes),
+                    None => ItemOutput::Ignored("no row matched"),
+                };
+                let start = Instant::now();
+                let route = ("shop", "by-id");
+                let mut collected = node.begin("shop", Some(client)).unwrap();
+                let mut at_once = node.begin("shop", Some(client)).unwrap();
+                at_once.request_id = collected.request_id;
+                at_once.time = collected.time;
+                for audit in [&mut collected, &mut at_once] {
+                    audit.answered_by(&generation, Some("key-1".into()), "model");
+                }
+                collected.plain_request(action, &items, context);
+                collected.timing("lookup", 7);
+                for i in 0..outputs.len() {
+                    match item_output(i) {
+                        ItemOutput::Answer(bytes) => collected.output(bytes),
+                        ItemOutput::Ignored(reason) if collected.wants_payloads() => collected
+                            .output_value(&json!({"ignored": true, "ignoreReason": reason})),
+                        ItemOutput::Ignored(_) => collected.output_value(&Value::Null),
+                    }
+                }
+                let outputs = (
+                    outputs.len(),
+                    &item_output as &dyn Fn(usize) -> ItemOutput<'static>,
+                );
+                at_once.log_answered(
+                    (route.0, route.1, action),
+                    (&items, context),
+                    outputs,
+                    &[("lookup", 7)],
+                    0,
+                );
+                for audit in [collected, at_once] {
+                    let logging = audit.log(StatusCode::OK, start, route);
+                    logging.wait().await.unwrap();
+                }
+            }
+            assert!(node.close(Duration::from_secs(30)).await);
+            let lines = lines_by_request(&dir.path().join(format!("store-{p}")));
+            let items: usize = cases.iter().map(|(_, _, outputs)| outputs.len()).sum();
+            assert_eq!(lines.len(), items, "policy {policy:?}");
+            for ((id, item), pair) in lines {
+                assert_eq!(pair.len(), 2, "{id} item {item}: {pair:?}");
+                assert_eq!(
+                    without_total(&pair[0]),
+                    without_total(&pair[1]),
+                    "policy {policy:?}"
                 );
             }
         }

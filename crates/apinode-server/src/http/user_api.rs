@@ -1,7 +1,7 @@
 //! `POST /public/api/v1/{service}/{endpoint}/{action}`: parse the body, call the runtime,
 //! write the protocol's response.
 
-use super::audit::{ClientAddr, PlainItem, QueryAudit, finish_query};
+use super::audit::{ClientAddr, ItemOutput, PlainItem, QueryAudit, finish_query};
 use super::auth::PresentedCredentials;
 use super::{ApiError, AppState};
 use apinode_lookup::{JsonRecord, Record, SqlAnswer};
@@ -105,7 +105,8 @@ impl PendingAnswer {
         } = self;
         let mut write = |body: Body<'_>| {
             record_outputs(audit.as_deref_mut(), &body);
-            write_response(&service, &endpoint, &generation, body, start, action)
+            let total = elapsed_micros(start);
+            write_response(&service, &endpoint, &generation, body, total, action)
         };
         let call = match call {
             Waiting::Worker(call) => call,
@@ -179,6 +180,53 @@ fn record_outputs(audit: Option<&mut QueryAudit>, body: &Body<'_>) {
     }
 }
 
+/// Hands a logged call read without a tree, and answered at once, its answer: its records
+/// are written now, from the request's records and the answer's items
+/// ([`QueryAudit::log_answered`]).
+fn log_answered<'b>(
+    audit: &mut QueryAudit,
+    route: (&str, &str, Action),
+    plain: &PlainBody<'_>,
+    body: &Body<'b>,
+    total: u64,
+) {
+    let (items, context) = plain.logged_inputs();
+    let inputs = (&items[..], context);
+    match *body {
+        Body::Lookup(lookup, micros) => {
+            let output = |i: usize| match lookup.items.get(i) {
+                Some(LookupItem::Ignored { reason }) => ItemOutput::Ignored(reason),
+                Some(item) => ItemOutput::Answer(lookup.data(item).unwrap_or(b"null")),
+                None => ItemOutput::Answer(b"null"),
+            };
+            let outputs = (
+                lookup.items.len(),
+                &output as &dyn Fn(usize) -> ItemOutput<'b>,
+            );
+            audit.log_answered(route, inputs, outputs, &[("lookup", micros)], total);
+        }
+        Body::Predict(predict) => {
+            let output = |i: usize| ItemOutput::Answer(predict.result(i));
+            let outputs = (
+                predict.items.len(),
+                &output as &dyn Fn(usize) -> ItemOutput<'b>,
+            );
+            let steps = [
+                ("enrich", predict.enrich_micros),
+                ("prediction", predict.predict_micros),
+            ];
+            audit.log_answered(route, inputs, outputs, &steps, total);
+        }
+        // Not read without a tree (`answer` sends them the other way).
+        Body::Run(..) | Body::Sql(..) => record_outputs(Some(audit), body),
+    }
+}
+
+/// Microseconds since `start`.
+fn elapsed_micros(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
 /// Answers one user query: parses the body, calls the runtime, writes the protocol's
 /// response. `start` is when the request reached the node (for `timing.total`); `audit`, the
 /// query's audit when it is logged, gets the parsed body and the outputs.
@@ -220,14 +268,22 @@ pub(super) fn answer(
         credentials: credentials.as_credentials(),
     };
     let called = state.runtime.call(&request);
+    // A logged call read without a tree and answered at once has its records written as its
+    // answer is, from the request's records and the answer's items; any other keeps what its
+    // records need until the end.
+    let answered_now =
+        matches!(&called, Ok(r) if matches!(r.output, Output::Lookup(_) | Output::Predict(_)));
+    let logged_as_answered = plain_body
+        .as_ref()
+        .filter(|_| answered_now && audit.is_some());
     if let Some(audit) = audit.as_deref_mut() {
         match (tree, &plain_body) {
             (Some(tree), _) => audit.request(action, tree),
-            (None, Some(plain)) => {
+            (None, Some(plain)) if logged_as_answered.is_none() => {
                 let (items, context) = plain.logged_inputs();
                 audit.plain_request(action, &items, context);
             }
-            (None, None) => {}
+            (None, _) => {}
         }
     }
     let response = match called {
@@ -244,8 +300,15 @@ pub(super) fn answer(
         audit.answered_by(&generation, response.key_id, response.endpoint_kind);
     }
     let write = |body: Body<'_>| {
-        record_outputs(audit, &body);
-        write_response(service, endpoint, &generation, body, start, action)
+        // One clock read for the answer's `timing.total` and its records'.
+        let total = elapsed_micros(start);
+        match (audit, logged_as_answered) {
+            (Some(audit), Some(plain)) => {
+                log_answered(audit, (service, endpoint, action), plain, &body, total)
+            }
+            (audit, _) => record_outputs(audit, &body),
+        }
+        write_response(service, endpoint, &generation, body, total, action)
     };
     Ok(match response.output {
         Output::Lookup(lookup) => {
@@ -461,7 +524,7 @@ fn write_response(
     endpoint: &str,
     generation: &str,
     body: Body<'_>,
-    start: Instant,
+    total_micros: u64,
     action: Action,
 ) -> Response {
     let mut out = Vec::with_capacity(match &body {
@@ -490,8 +553,7 @@ fn write_response(
             }
             let _ = write!(
                 out,
-                "],\"timing\":{{\"lookup\":{lookup_micros},\"total\":{}}}",
-                start.elapsed().as_micros()
+                "],\"timing\":{{\"lookup\":{lookup_micros},\"total\":{total_micros}}}"
             );
         }
         Body::Sql(answer, execution_micros) => {
@@ -500,8 +562,7 @@ fn write_response(
             out.pop();
             let _ = write!(
                 out,
-                ",\"timing\":{{\"execution\":{execution_micros},\"total\":{}}}",
-                start.elapsed().as_micros()
+                ",\"timing\":{{\"execution\":{execution_micros},\"total\":{total_micros}}}"
             );
         }
         Body::Run(response, execution_micros) => {
@@ -509,8 +570,7 @@ fn write_response(
             out.extend_from_slice(response.get().as_bytes());
             let _ = write!(
                 out,
-                ",\"timing\":{{\"execution\":{execution_micros},\"total\":{}}}",
-                start.elapsed().as_micros()
+                ",\"timing\":{{\"execution\":{execution_micros},\"total\":{total_micros}}}"
             );
         }
         Body::Predict(predict) => {
@@ -529,10 +589,8 @@ fn write_response(
             }
             let _ = write!(
                 out,
-                ",\"timing\":{{\"enrich\":{},\"prediction\":{},\"total\":{}}}",
-                predict.enrich_micros,
-                predict.predict_micros,
-                start.elapsed().as_micros()
+                ",\"timing\":{{\"enrich\":{},\"prediction\":{},\"total\":{total_micros}}}",
+                predict.enrich_micros, predict.predict_micros,
             );
         }
     }
