@@ -9,13 +9,14 @@ node's instructions are divided by N. `async` gets a 1 s window so its batches a
 busy node's although callgrind runs it ~50x slower. Kernel time (the spool's writes, the
 sockets) is not counted: this is the user-space part of a query.
 
-    python3 benches/http/audit_instructions.py N label=BINARY [label=BINARY ...] [--functions K]
+    python3 benches/http/audit_instructions.py N label=BINARY [label=BINARY ...] [--functions K] [--keep DIR]
 
 e.g. `python3 benches/http/audit_instructions.py 4000 before=/var/tmp/apinode.before
 after=target/release/apinode --functions 25`: per binary and mode, instructions per query and
 the log's (the mode's minus `off`'s); with `--functions`, the K functions whose instructions per
 query differ most between `off` and `async` (callgrind_annotate's flat profile, exclusive).
-Needs valgrind (`apt install valgrind`). Large copies done with `rep movsb` count one instruction
+`--keep DIR` keeps each run's callgrind output as `DIR/<label>-<mode>.callgrind` (for
+`callgrind_annotate --tree=caller`, say). Needs valgrind (`apt install valgrind`). Large copies done with `rep movsb` count one instruction
 per byte under valgrind, so `memcpy`'s share is overstated.
 """
 
@@ -161,11 +162,16 @@ def functions(out, queries):
 
 def main():
     args = sys.argv[1:]
-    top = 0
+    top, keep = 0, None
     if "--functions" in args:
         at = args.index("--functions")
         top = int(args[at + 1])
         del args[at : at + 2]
+    if "--keep" in args:
+        at = args.index("--keep")
+        keep = args[at + 1]
+        del args[at : at + 2]
+        os.makedirs(keep, exist_ok=True)
     if len(args) < 2 or not args[0].isdigit() or any("=" not in a for a in args[1:]):
         sys.exit(__doc__)
     if shutil.which("valgrind") is None:
@@ -184,6 +190,8 @@ def main():
             for mode in ["off", "async", "write"]:
                 out = measure(os.path.abspath(binary), mode, queries, state, work, bodies)
                 profiles[mode] = functions(out, queries)
+                if keep:
+                    shutil.copy(out, os.path.join(keep, f"{label}-{mode}.callgrind"))
                 total = profiles[mode][0]
                 log = "" if mode == "off" else f"{total - profiles['off'][0]:,.0f}"
                 print(f"| {label} | {mode} | {total:,.0f} | {log} |", flush=True)
