@@ -217,8 +217,12 @@ fn log_answered<'b>(
             ];
             audit.log_answered(route, inputs, outputs, &steps, total);
         }
-        // Not read without a tree (`answer` sends them the other way).
-        Body::Run(..) | Body::Sql(..) => record_outputs(Some(audit), body),
+        // Never read without a tree (`answer` sends them the collecting way); collected all
+        // the same should that change.
+        Body::Run(..) | Body::Sql(..) => {
+            audit.plain_request(route.2, &items, context);
+            record_outputs(Some(audit), body);
+        }
     }
 }
 
