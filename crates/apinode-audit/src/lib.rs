@@ -44,6 +44,8 @@ mod upload;
 pub use error::{Error, Result};
 #[cfg(feature = "reader")]
 pub use reader::{JSON_COLUMN, LogObject, LogReader, LogTable, QueryOutput, log_schema};
-pub use record::{AuditRecord, Names, Payload, PayloadField, RecordKey, RecordLine, Stream};
+pub use record::{
+    AuditRecord, Names, Payload, PayloadField, RecordKey, RecordLine, Stream, write_json_str,
+};
 pub use spool::{AuditConfig, AuditLog, AuditMetrics, Durability, FullPolicy, Logged};
 pub use store::{LogStore, open_existing_store, open_store};

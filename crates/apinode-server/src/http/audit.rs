@@ -9,7 +9,7 @@ use crate::config::{AuditSettings, ServicePolicy};
 use anyhow::Context;
 use apinode_audit::{
     AuditLog, AuditRecord, Durability, Logged, Names, Payload, PayloadField, RecordKey, RecordLine,
-    Stream,
+    Stream, write_json_str,
 };
 use apinode_lookup::{JsonRecord, JsonRef};
 use apinode_runtime::Action;
@@ -780,7 +780,9 @@ fn write_inputs(text: &mut Vec<u8>, action: Action, body: &Value, item: Option<u
 }
 
 /// A lookup's `data` read without a tree, written as the tree would be: names in order, of
-/// a name given twice the last.
+/// a name given twice the last; names, strings and integers written by hand (serde_json's
+/// writer per field was most of a logged lookup's inputs), byte for byte as serde_json writes
+/// them.
 fn write_record(text: &mut Vec<u8>, data: &JsonRecord<'_>) {
     let mut fields: SmallVec<[(&str, JsonRef<'_>); 8]> = data.fields().collect();
     // Stable: of equal names, the last in the text stays last.
@@ -795,9 +797,20 @@ fn write_record(text: &mut Vec<u8>, data: &JsonRecord<'_>) {
             text.push(b',');
         }
         first = false;
-        write_json(text, name);
+        write_json_str(text, name);
         text.push(b':');
-        write_json(text, value);
+        match value {
+            JsonRef::Str(s) => write_json_str(text, s),
+            JsonRef::Number(n) => match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => text.extend_from_slice(itoa::Buffer::new().format(u).as_bytes()),
+                (None, Some(i)) => text.extend_from_slice(itoa::Buffer::new().format(i).as_bytes()),
+                // A float, as serde_json writes it.
+                (None, None) => write_json(text, n),
+            },
+            JsonRef::Null => text.extend_from_slice(b"null"),
+            JsonRef::Bool(b) => text.extend_from_slice(if *b { b"true" } else { b"false" }),
+            other => write_json(text, other),
+        }
     }
     text.push(b'}');
 }
@@ -1127,6 +1140,8 @@ mod tests {
             r#"{}"#,
             r#"{"key": "C1"}"#,
             r#"{"z": 1, "a": [1, {"b": null}], "m": "\u00e9\n", "a": true, "z": 2.5}"#,
+            r#"{"n": -7, "u": 18446744073709551615, "i": -9223372036854775808, "f": 1e3}"#,
+            r#"{"e": 1.5e-7, "b": false, "s": "q\"\\\u0001", "k\n": null, "": 0}"#,
         ] {
             let record: JsonRecord<'_> = serde_json::from_str(data).unwrap();
             let value = serde_json::from_str::<Value>(data).unwrap();
