@@ -512,12 +512,20 @@ fn needs_escape(bytes: &[u8]) -> bool {
             // The last 8 bytes, overlapping the word before: padding the rest instead was a
             // copy of a variable length, a call per string.
             Some(last) => load(&bytes[last..]),
+            // Under 8 bytes, without a loop: two 4-byte halves that overlap, or for 1 to 3
+            // bytes the first, the middle and the last (which are all of them), padded.
+            None if bytes.len() >= 4 => {
+                let half = |at: usize| {
+                    let mut half = [0; 4];
+                    half.copy_from_slice(&bytes[at..at + 4]);
+                    u64::from(u32::from_le_bytes(half))
+                };
+                half(0) | half(bytes.len() - 4) << 32
+            }
             None => {
-                let mut word = [b'a'; 8];
-                for (to, from) in word.iter_mut().zip(bytes) {
-                    *to = *from;
-                }
-                u64::from_le_bytes(word)
+                let (len, pad) = (bytes.len(), b'a');
+                let (first, middle, last) = (bytes[0], bytes[len / 2], bytes[len - 1]);
+                u64::from_le_bytes([first, middle, last, pad, pad, pad, pad, pad])
             }
         });
     }
