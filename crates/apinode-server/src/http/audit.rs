@@ -495,19 +495,20 @@ impl QueryAudit {
         self.action = Some(action);
         let multi = matches!(action, Action::PredictMulti | Action::LookupMulti);
         let (payloads, max) = (self.policy.payloads, self.policy.max_payload_bytes);
+        // Parsed (only when there is one) to be written as the tree's records write it.
+        let parse = |raw: &RawValue| serde_json::from_str::<Value>(raw.get()).ok();
+        let call_context = context.and_then(parse);
         let mut logging = Logging::default();
         for i in 0..count {
             let input = items.get(i);
             let own_context = input.and_then(|(_, own)| *own).filter(|_| multi);
-            // Parsed (only when there is one) to be written as the tree's records write it.
-            let context: Option<Value> = own_context
-                .or(context)
-                .and_then(|raw| serde_json::from_str(raw.get()).ok());
+            let own_context = own_context.and_then(parse);
+            let context = own_context.as_ref().or(call_context.as_ref());
             let write = |mut line: RecordLine<'_>| {
                 line.start(&self.time, self.request_id.as_str(), multi.then_some(i));
                 line.names(names);
                 line.client_address(self.client.as_ref());
-                line.context(context.as_ref());
+                line.context(context);
                 let mut truncated = false;
                 if payloads {
                     if let Some((record, _)) = input {
