@@ -171,6 +171,34 @@ async fn full_segments_are_sealed_away_and_flush_waits_for_them() {
     assert_eq!(log.metrics().spool_bytes, 0);
 }
 
+/// A caller's line writer that panics halfway leaves nothing of its line in the batch: the
+/// records around it reach the store whole, each line JSON.
+#[tokio::test]
+async fn a_line_writer_that_panics_leaves_no_part_of_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = log_in(dir.path(), |_| {}).await;
+    log.log(&record("churn", 1, 7), Durability::Write)
+        .await
+        .unwrap();
+    let torn = record("churn", 2, 7);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(log.log_with(torn.key(), Durability::Async, |mut line| {
+            line.start(&torn.time, "req-2", None);
+            panic!("a writer failing halfway");
+        }));
+    }));
+    assert!(panicked.is_err());
+    log.log(&record("churn", 3, 7), Durability::Write)
+        .await
+        .unwrap();
+    assert!(log.flush(Duration::from_secs(10)).await);
+    let ids: Vec<_> = stored(&dir.path().join("store"))
+        .into_iter()
+        .map(|(_, record)| record["request_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["req-1", "req-3"]);
+}
+
 #[tokio::test]
 async fn a_written_record_is_in_the_spool_before_any_upload() {
     let dir = tempfile::tempdir().unwrap();
